@@ -1,0 +1,23 @@
+"""Composition root for the broker: the configured cluster, or the embedded one."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from bus.embedded import EmbeddedKafka
+from bus.settings import Settings
+
+
+@contextlib.asynccontextmanager
+async def broker(settings: Settings) -> AsyncIterator[str]:
+    """Yield a bootstrap address: `kafka.bootstrap` when set, else a started embedded broker
+    (stopped on exit, its data kept under the data directory)."""
+    if settings.kafka.bootstrap:
+        yield settings.kafka.bootstrap
+        return
+    embedded = EmbeddedKafka(settings)
+    try:
+        yield await embedded.start()
+    finally:
+        await embedded.stop()
