@@ -154,13 +154,11 @@ class EventConsumer:
             except PermanentError as exc:
                 await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
                 return
-            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then DLQ
+            except Exception as exc:
                 if attempt > self.config.retries:
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
                     return
-                log.warning(
-                    "event %s failed (attempt %d): %s", env.id, attempt, type(exc).__name__
-                )
+                log.warning("event %s failed (attempt %d): %s", env.id, attempt, type(exc).__name__)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 delay = min(delay * 2, self.config.max_backoff_s)
             else:
@@ -185,5 +183,8 @@ class EventConsumer:
         self.dead_lettered += 1
         log.error(
             "dead-lettered %s[%d]@%d after %d attempts",
-            record.topic, record.partition, record.offset, attempts,
+            record.topic,
+            record.partition,
+            record.offset,
+            attempts,
         )

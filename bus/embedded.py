@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-import xml.etree.ElementTree as ET  # noqa: S405 - parses our own pom.xml, not input
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +78,22 @@ def resolve_classpath(settings: Settings) -> list[Path]:
     if not marker.exists():
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise EmbeddedKafkaError("Maven (mvn) is needed to fetch the Kafka jars; apt-get install maven")
+            raise EmbeddedKafkaError(
+                "Maven (mvn) is needed to fetch the Kafka jars; apt-get install maven"
+            )
         tmp = libdir.with_name("lib.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         log.info("resolving Apache Kafka jars with Maven into %s", libdir)
         cmd = [
-            mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={tmp}",
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={tmp}",
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if proc.returncode != 0:
@@ -107,7 +115,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((host, port)) == 0
 
@@ -167,7 +175,9 @@ class EmbeddedKafka:
         home = os.environ.get("JAVA_HOME")
         java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
         if not java or not Path(java).exists():
-            raise EmbeddedKafkaError("Java 17+ is needed for the embedded broker; apt-get install openjdk-17-jre-headless")
+            raise EmbeddedKafkaError(
+                "Java 17+ runs the embedded broker: apt-get install openjdk-17-jre-headless"
+            )
         return java
 
     def _write_config(self) -> None:
@@ -206,11 +216,18 @@ class EmbeddedKafka:
     def _jvm(self, cp: list[Path], main: str, *args: str) -> list[str]:
         heap = self.kafka.embedded_heap
         return [
-            self._java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC",
-            "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
+            self._java(),
+            f"-Xmx{heap}",
+            f"-Xms{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.paths.log4j}",
             f"-Dkafka.logs.dir={self.paths.server_log.parent}",
-            "-cp", os.pathsep.join(str(j) for j in cp), main, *args,
+            "-cp",
+            os.pathsep.join(str(j) for j in cp),
+            main,
+            *args,
         ]
 
     def _format_once(self, cp: list[Path]) -> None:
@@ -228,7 +245,7 @@ class EmbeddedKafka:
     def _choose_ports(self) -> None:
         host = self.kafka.embedded_host
         self.port = self.kafka.embedded_port or free_port(host)
-        if self.kafka.embedded_port and _port_in_use(host, self.port):
+        if self.kafka.embedded_port and port_in_use(host, self.port):
             raise EmbeddedKafkaError(
                 f"port {host}:{self.port} is taken (another CareBus running?); "
                 "set CAREBUS_KAFKA__EMBEDDED_PORT=0 to pick a free one"
@@ -247,10 +264,12 @@ class EmbeddedKafka:
         out = (self.paths.root / "logs" / "stdout.log").open("ab")
         # Popen from the event-loop thread on purpose: PDEATHSIG fires when the *thread*
         # that forked exits, so a worker thread would kill the broker when it ends.
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(  # noqa: S603, ASYNC220 - non-blocking fork
             self._jvm(cp, "kafka.Kafka", str(self.paths.config)),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
             start_new_session=True,  # Ctrl-C reaches CareBus, which stops the broker in order
         )
         out.close()
@@ -269,7 +288,7 @@ class EmbeddedKafka:
                     f"the broker exited (code {self.proc.returncode if self.proc else '?'}):\n"
                     + self.log_tail()
                 )
-            if not _port_in_use(self.kafka.embedded_host, self.port):
+            if not port_in_use(self.kafka.embedded_host, self.port):
                 await asyncio.sleep(0.2)  # not listening yet: no client, no error spam
                 continue
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
@@ -278,7 +297,7 @@ class EmbeddedKafka:
                 cluster = await admin.describe_cluster()
                 if cluster.get("brokers"):
                     return
-            except Exception as exc:  # noqa: BLE001 - not up yet; retried until the deadline
+            except Exception as exc:
                 last = exc
             finally:
                 with contextlib.suppress(Exception):
@@ -293,16 +312,16 @@ class EmbeddedKafka:
                 chunks.extend(f.read_text(errors="replace").splitlines()[-lines:])
         return "\n".join(chunks)
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, grace_s: float = 30.0) -> None:
         """Graceful stop (SIGTERM → controlled shutdown, logs flushed); SIGKILL after timeout."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.to_thread(proc.wait, timeout)
+            await asyncio.to_thread(proc.wait, grace_s)
         except subprocess.TimeoutExpired:
-            log.warning("broker did not stop in %.0fs; killing it", timeout)
+            log.warning("broker did not stop in %.0fs; killing it", grace_s)
             proc.kill()
             await asyncio.to_thread(proc.wait)
 

@@ -90,9 +90,7 @@ class EventProducer:
         key, value, headers = envelope.encode()
         return await self.send_raw(topic, key, value, headers)
 
-    async def publish_many(
-        self, items: Iterable[tuple[str, Envelope]]
-    ) -> Sequence[RecordMetadata]:
+    async def publish_many(self, items: Iterable[tuple[str, Envelope]]) -> Sequence[RecordMetadata]:
         """Write a batch and wait for every acknowledgement; all-or-raise.
 
         Sends are pipelined (one round trip for the batch, not one per record); on a

@@ -88,21 +88,25 @@ async def apply_topics(
             done = False
             if cur.partitions < partitions:
                 await admin.create_partitions({spec.name: NewPartitions(partitions)})
-                changes.append(
-                    Change(spec.name, "partitions", f"{cur.partitions} → {partitions}")
-                )
+                changes.append(Change(spec.name, "partitions", f"{cur.partitions} → {partitions}"))
                 done = True
             elif cur.partitions > partitions:
                 changes.append(
-                    Change(spec.name, "warning", f"has {cur.partitions} partitions > {partitions}; "
-                           "Kafka cannot shrink, left as is")
+                    Change(
+                        spec.name,
+                        "warning",
+                        f"has {cur.partitions} partitions > {partitions}; "
+                        "Kafka cannot shrink, left as is",
+                    )
                 )
             drift = {k: v for k, v in cfg.items() if cur.config.get(k) != v}
             if drift:
                 await admin.alter_configs(
                     [ConfigResource(ConfigResourceType.TOPIC, spec.name, configs=cfg)]
                 )
-                changes.append(Change(spec.name, "config", ", ".join(f"{k}={v}" for k, v in drift.items())))
+                changes.append(
+                    Change(spec.name, "config", ", ".join(f"{k}={v}" for k, v in drift.items()))
+                )
                 done = True
             if not done:
                 changes.append(Change(spec.name, "unchanged"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from bus.embedded import EmbeddedKafka
+from bus.embedded import EmbeddedKafka, port_in_use
 from bus.settings import Settings
 
 
@@ -15,6 +15,11 @@ async def broker(settings: Settings) -> AsyncIterator[str]:
     (stopped on exit, its data kept under the data directory)."""
     if settings.kafka.bootstrap:
         yield settings.kafka.bootstrap
+        return
+    k = settings.kafka
+    if k.embedded_port and port_in_use(k.embedded_host, k.embedded_port):
+        # a `carebus up` already runs the embedded broker: operator commands attach to it
+        yield f"{k.embedded_host}:{k.embedded_port}"
         return
     embedded = EmbeddedKafka(settings)
     try:

@@ -31,7 +31,9 @@ class EnvelopeHeaders(BaseModel):
     ce_source: str = Field(min_length=1, description="Producer URI (hospital, software, the bus)")
     ce_type: EventType = Field(description=f"Event type, a code of {EVENT_CODESYSTEM}")
     ce_time: str = Field(description="RFC 3339 time the event happened")
-    ce_subject: str = Field(description="Case id, equal to the Kafka key: '<family>/<system>|<value>'")
+    ce_subject: str = Field(
+        description="Case id, equal to the Kafka key: '<family>/<system>|<value>'"
+    )
     ce_correlationid: str = Field(description="Case the event belongs to (defaults to ce_subject)")
     ce_causationid: str = Field(description="Id of the event that caused this one")
     traceparent: str = Field(
@@ -63,8 +65,10 @@ def asyncapi() -> dict[str, Any]:
             "title": EVENT_DISPLAY[et],
             "contentType": env.FHIR_JSON,
             "headers": {"$ref": "#/components/schemas/EnvelopeHeaders"},
-            "payload": {"schemaFormat": "application/schema+json;version=draft-07",
-                        "schema": {"$ref": FHIR_BUNDLE_SCHEMA}},
+            "payload": {
+                "schemaFormat": "application/schema+json;version=draft-07",
+                "schema": {"$ref": FHIR_BUNDLE_SCHEMA},
+            },
             "bindings": {"kafka": {"key": {"type": "string", "description": "case id"}}},
         }
     raw_message = {

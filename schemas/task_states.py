@@ -78,7 +78,9 @@ def check_transition(current: TaskStatus | None, wanted: TaskStatus) -> Transiti
     if wanted not in TRANSITIONS[current]:
         allowed = ", ".join(sorted(TRANSITIONS[current]))
         return TransitionRefused(
-            current, wanted, f"illegal transition {current} → {wanted}; allowed from {current}: {allowed}"
+            current,
+            wanted,
+            f"illegal transition {current} → {wanted}; allowed from {current}: {allowed}",
         )
     return None
 

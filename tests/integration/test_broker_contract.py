@@ -99,7 +99,9 @@ class TestBrokerContract:
             ns = [r.value for r in records if r.key == case.encode()]
             assert ns == [e.data for e in envs if e.subject == case]
 
-    async def test_topic_provisioning_is_idempotent(self, bootstrap: str, settings: Settings) -> None:
+    async def test_topic_provisioning_is_idempotent(
+        self, bootstrap: str, settings: Settings
+    ) -> None:
         await apply_topics(bootstrap, settings.kafka)
         second = await apply_topics(bootstrap, settings.kafka)
         assert {c.topic for c in second} == {s.name for s in CATALOG}
@@ -160,9 +162,7 @@ class TestBrokerContract:
             await producer.send_raw(topic, b"k", b"\x00not-fhir", [("junk", b"1")])
             await producer.publish(topic, bad)
             await producer.publish(topic, good)
-            cfg = ConsumerConfig(
-                group_id=f"g.{unique}", topics=(topic,), retries=2, backoff_s=0.01
-            )
+            cfg = ConsumerConfig(group_id=f"g.{unique}", topics=(topic,), retries=2, backoff_s=0.01)
             consumer = EventConsumer(bootstrap, settings.kafka, cfg, handler, producer)
             await consumer.start()
             await run_until(consumer, lambda: consumer.processed >= 1)
@@ -170,7 +170,8 @@ class TestBrokerContract:
         assert ok == [good.id]
         assert consumer.dead_lettered == 2
         dlq = [
-            r for r in await read_all(bootstrap, DEAD_LETTER.name, 10_000, timeout=5)
+            r
+            for r in await read_all(bootstrap, DEAD_LETTER.name, 10_000, timeout=5)
             if header_text(r.headers, "dlq_topic") == topic
         ]
         assert len(dlq) == 2

@@ -27,16 +27,24 @@ pytestmark = [
 
 def envs(n: int) -> list[Envelope]:
     return [
-        Envelope(id=new_event_id(), type="referral.requested", source="urn:t",
-                 subject=f"referral/urn:t|{i % 4}", data=b"{\"n\":%d}" % i)
+        Envelope(
+            id=new_event_id(),
+            type="referral.requested",
+            source="urn:t",
+            subject=f"referral/urn:t|{i % 4}",
+            data=b'{"n":%d}' % i,
+        )
         for i in range(n)
     ]
 
 
 async def consume_from_committed(bootstrap: str, group: str, expect: int) -> list:
     consumer = AIOKafkaConsumer(
-        REFERRAL_EVENTS.name, bootstrap_servers=bootstrap, group_id=group,
-        enable_auto_commit=False, auto_offset_reset="earliest",
+        REFERRAL_EVENTS.name,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     out: list = []
@@ -104,4 +112,3 @@ async def test_broker_start_fails_clearly_when_port_taken(tmp_path: Path) -> Non
         settings = Settings(data_dir=tmp_path, kafka=KafkaSettings(embedded_port=port))
         with pytest.raises(EmbeddedKafkaError, match="is taken"):
             await EmbeddedKafka(settings).start()
-

@@ -1,0 +1,90 @@
+"""`python -m bench`: run every benchmark once (each figure = median of ≥3 runs).
+
+Writes bench/results/latest.json, bench/results/latest.md and a dated copy, so the
+history in bench/results/ shows regressions. Starts its own embedded broker in a
+temporary directory unless CAREBUS_KAFKA__BOOTSTRAP is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import broker as broker_bench
+from bench import codec
+from bench.stats import Figure, summarise
+from bus.runtime import broker
+from bus.settings import KafkaSettings, Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def cpu_figures() -> list[Figure]:
+    figs: list[Figure] = []
+    sample = b"{" + b" " * 8000 + b"}"
+    for name, values in codec.run(sample).items():
+        figs.append(summarise(name, "µs/event", values))
+    try:
+        from bench import validation
+    except ImportError:  # pragma: no cover - validation bench lands with the builders
+        return figs
+    for name, values in validation.run().items():
+        figs.append(summarise(name, "µs/event", values))
+    return figs
+
+
+async def broker_figures(n: int, runs: int) -> list[Figure]:
+    with tempfile.TemporaryDirectory(prefix="carebus-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp), kafka=KafkaSettings(embedded_port=0))
+        import os
+
+        settings.kafka.bootstrap = os.environ.get("CAREBUS_KAFKA__BOOTSTRAP", "")
+        async with broker(settings) as bootstrap:
+            raw = await broker_bench.run(bootstrap, n=n, runs=runs)
+    return [summarise(f"raw {k} (2 KB, acks=all)", "msgs/s", v) for k, v in raw.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=30_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-broker", action="store_true")
+    args = parser.parse_args()
+    import logging
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    figures = cpu_figures()
+    if not args.skip_broker:
+        figures += asyncio.run(broker_figures(args.messages, args.runs))
+
+    table = Table("measure", "median", "min", "max", "unit", "runs", title="CareBus benchmarks")
+    for f in figures:
+        table.add_row(*f.row())
+    Console().print(table)
+
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    doc = {
+        "time": stamp,
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "figures": [f.as_dict() for f in figures],
+    }
+    md = ["| measure | median | min | max | unit | runs |", "|---|---:|---:|---:|---|---:|"]
+    md += ["| " + " | ".join(f.row()) + " |" for f in figures]
+    for name in ("latest", stamp):
+        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    (RESULTS / "latest.md").write_text("\n".join(md) + "\n")
+    print(f"results: {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""The `carebus` command line: run the bus, and the operator's everyday commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bus.runtime import broker
+from bus.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="carebus",
+    help="CareBus: care-coordination event bus (hospitals, GPs, specialists, platforms).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The event contract.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(schemas_app, name="schemas")
+
+console = Console()
+_state: dict[str, Settings] = {}
+
+
+def settings() -> Settings:
+    return _state["settings"]
+
+
+@app.callback()
+def main(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML settings file (or CAREBUS_CONFIG).", exists=True
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.ERROR if not verbose else logging.WARNING)
+    _state["settings"] = load_settings(config)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@app.command()
+def up() -> None:
+    """Run CareBus on this machine (embedded Kafka unless kafka.bootstrap is set)."""
+    from bus.provisioning import apply_topics
+
+    async def run() -> None:
+        s = settings()
+        stop = _stop_event()
+        async with broker(s) as bootstrap:
+            changes = await apply_topics(bootstrap, s.kafka)
+            table = Table(title="CareBus is running", show_header=True)
+            table.add_column("component")
+            table.add_column("where")
+            kind = "external cluster" if s.kafka.bootstrap else "embedded Apache Kafka (KRaft)"
+            table.add_row(kind, bootstrap)
+            table.add_row("topics", f"{len(changes)} in the catalog")
+            table.add_row("data directory", str(s.data_dir))
+            console.print(table)
+            console.print("Ctrl-C or SIGTERM stops everything cleanly.")
+            await stop.wait()
+            console.print("stopping…")
+
+    asyncio.run(run())
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create or align every topic of the catalog (idempotent)."""
+    from bus.provisioning import apply_topics
+
+    async def run() -> None:
+        s = settings()
+        async with broker(s) as bootstrap:
+            changes = await apply_topics(bootstrap, s.kafka)
+        table = Table("topic", "action", "detail")
+        for c in changes:
+            table.add_row(c.topic, c.action, c.detail)
+        console.print(table)
+
+    asyncio.run(run())
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Show the topics on the broker with partitions and retention."""
+    from bus.provisioning import list_state
+    from schemas.topics import BY_NAME
+
+    async def run() -> None:
+        s = settings()
+        async with broker(s) as bootstrap:
+            state = await list_state(bootstrap, s.kafka)
+        table = Table("topic", "partitions", "replicas", "cleanup", "retention.ms", "in catalog")
+        for name in sorted(state):
+            t = state[name]
+            table.add_row(
+                name,
+                str(t.partitions),
+                str(t.replication),
+                t.config.get("cleanup.policy", ""),
+                t.config.get("retention.ms", ""),
+                "yes" if name in BY_NAME else "",
+            )
+        console.print(table)
+
+    asyncio.run(run())
+
+
+@topics_app.command("catalog")
+def topics_catalog() -> None:
+    """Print the topic catalog (what `apply` provisions) without a broker."""
+    from schemas.topics import CATALOG
+
+    table = Table("topic", "partitions", "cleanup", "retention (days)", "event types")
+    for t in CATALOG:
+        days = "forever" if t.retention_ms < 0 else f"{t.retention_ms / 86_400_000:g}"
+        table.add_row(
+            t.name,
+            str(t.partitions),
+            t.cleanup_policy,
+            days,
+            ", ".join(e.value for e in t.event_types),
+        )
+    console.print(table)
+
+
+@schemas_app.command("export")
+def schemas_export(
+    out: Path = typer.Option(Path("build/schemas"), "--out", "-o", help="Output directory."),
+) -> None:
+    """Write the envelope JSON Schema and the AsyncAPI 3 document of the topics."""
+    from schemas.export import asyncapi, envelope_json_schema
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "envelope-headers.schema.json").write_text(json.dumps(envelope_json_schema(), indent=2))
+    (out / "asyncapi.json").write_text(json.dumps(asyncapi(), indent=2, ensure_ascii=False))
+    console.print(f"wrote {out}/envelope-headers.schema.json and {out}/asyncapi.json")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
