@@ -1,0 +1,102 @@
+"""Pure parts of bus/: dedup, dead-letter records, settings, catalog, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bus.deadletter import dead_letter, header_text, rejected_input, replay_target
+from bus.dedup import Deduplicator
+from bus.settings import KafkaSettings, load_settings
+from schemas.codes import EventType
+from schemas.export import asyncapi, envelope_json_schema
+from schemas.outcome import Issue, IssueCode, operation_outcome
+from schemas.topics import CATALOG, DEAD_LETTER, REJECTED_INPUT, topic_for
+
+
+def test_dedup_marks_only_after_success_and_forgets_oldest() -> None:
+    d = Deduplicator(max_entries=3)
+    assert not d.seen("a")  # seen() does not mark: a failed attempt is retried
+    assert not d.seen("a")
+    for i in "abcd":
+        d.mark(i)
+    assert "a" not in d and len(d) == 3 and d.seen("d")
+    assert d.check_and_mark("e") and not d.check_and_mark("e")
+
+
+def test_dead_letter_keeps_original_bytes_and_says_where_from() -> None:
+    out = dead_letter(
+        topic="care.stay.events",
+        partition=2,
+        offset=41,
+        key=b"k",
+        value=b"\x00raw",
+        headers=[("ce_id", b"1"), ("dlq_reason", b"old")],
+        reason="boom",
+        group="routing",
+        attempts=4,
+    )
+    assert out.topic == DEAD_LETTER.name and out.value == b"\x00raw" and out.key == b"k"
+    assert header_text(out.headers, "dlq_reason") == "boom"  # stale dlq_* replaced
+    assert [v for n, v in out.headers if n == "dlq_reason"] == [b"boom"]
+    assert replay_target(out.headers) == ("care.stay.events", [("ce_id", b"1")])
+    with pytest.raises(ValueError, match="not a dead letter"):
+        replay_target([("ce_id", b"1")])
+
+
+def test_rejected_input_names_sender_and_reason_not_patient() -> None:
+    issue = Issue(IssueCode.REQUIRED, "PV2-9 or EVN-3 must give the planned date", "PV2-9")
+    out = rejected_input(
+        raw=b"MSH|...",
+        channel="mllp",
+        sender="FINESS:750712184",
+        issues=[issue],
+        content_type="x-application/hl7-v2+er7",
+    )
+    assert out.topic == REJECTED_INPUT.name and out.value == b"MSH|..."
+    assert "PV2-9: PV2-9 or EVN-3" in header_text(out.headers, "rejected_reason")
+    assert header_text(out.headers, "rejected_sender") == "FINESS:750712184"
+
+
+def test_operation_outcome_carries_location_and_code() -> None:
+    oo = operation_outcome([Issue(IssueCode.VALUE, "bad system", "Bundle.entry[1].resource")])
+    assert oo["issue"][0] == {
+        "severity": "error",
+        "code": "value",
+        "diagnostics": "bad system",
+        "expression": ["Bundle.entry[1].resource"],
+    }
+
+
+def test_settings_precedence_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('data_dir = "/srv/cb"\n[kafka]\nbootstrap = "k1:9092"\n[http]\nport = 9000\n')
+    monkeypatch.setenv("CAREBUS_HTTP__PORT", "9100")
+    monkeypatch.delenv("CAREBUS_KAFKA__BOOTSTRAP", raising=False)
+    s = load_settings(cfg)
+    assert s.kafka.bootstrap == "k1:9092" and s.http.port == 9100 and str(s.data_dir) == "/srv/cb"
+
+
+def test_secrets_never_in_repr() -> None:
+    k = KafkaSettings(
+        security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password="s3cr3t-value"
+    )  # type: ignore[arg-type]
+    assert "s3cr3t-value" not in repr(k)
+    assert k.client_options()["sasl_plain_password"] == "s3cr3t-value"
+
+
+def test_every_event_type_has_exactly_one_topic() -> None:
+    seen = [e for t in CATALOG for e in t.event_types]
+    assert sorted(seen) == sorted(EventType)
+    assert topic_for("discharge.late-notice") == "care.sla.events"
+    assert topic_for(EventType.DISCHARGE_PLANNED) == "care.stay.events"
+
+
+def test_exports_describe_every_topic_and_header() -> None:
+    schema = envelope_json_schema()
+    assert {"ce_id", "ce_type", "traceparent", "content-type"} <= set(schema["properties"])
+    doc = asyncapi()
+    assert doc["asyncapi"].startswith("3.")
+    assert {c["address"] for c in doc["channels"].values()} == {t.name for t in CATALOG}
+    assert "referral_requested" in doc["components"]["messages"]
