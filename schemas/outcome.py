@@ -28,6 +28,7 @@ class IssueCode(StrEnum):
     TRANSIENT = "transient"  # broker unavailable: retry later
     DUPLICATE = "duplicate"
     PROCESSING = "processing"
+    INFORMATIONAL = "informational"  # with severity information: an acknowledgement
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,114 @@
+"""Case ids: the Kafka key and CloudEvents subject of every event.
+
+All events of one case (a referral, a stay, a tele-expertise) must land on one partition,
+in order, so the key is derived from the business identifier of the case's focus
+resource, never from the event: `"{family}/{system}|{value}"`, e.g.
+`referral/https://carebus.fr/fhir/sid/referral|ADR-2025-000123`.
+
+Works on the plain Bundle dict (no model parsing): it runs for every inbound message
+and in processors that re-key bus notices.
+"""
+
+from __future__ import annotations
+
+from schemas.codes import EventType
+from schemas.model import CaseRef
+
+#: case family of the resource type a case is about (bus notices name it in about.type)
+FOCUS_FAMILY: dict[str, str] = {
+    "Task": "referral",
+    "Encounter": "stay",
+    "CommunicationRequest": "expertise",
+}
+
+
+class CaseIdError(ValueError):
+    """The bundle does not name its case; `expression` says where the id was expected."""
+
+    def __init__(self, message: str, expression: str) -> None:
+        super().__init__(message)
+        self.expression = expression
+
+
+def format_case_id(family: str, system: str, value: str) -> str:
+    return f"{family}/{system}|{value}"
+
+
+def parse_case_id(case: str) -> tuple[str, str, str]:
+    """Inverse of `format_case_id`: (family, system, value)."""
+    family, _, rest = case.partition("/")
+    system, sep, value = rest.rpartition("|")
+    if not family or not sep or not system or not value:
+        raise ValueError(f"not a case id: {case!r}")
+    return family, system, value
+
+
+def case_id_of(about: CaseRef) -> str:
+    """Case id of a logical case reference (what bus notices are about)."""
+    return format_case_id(FOCUS_FAMILY[about.resource_type], about.system, about.value)
+
+
+def _identifier(ident: object, where: str) -> tuple[str, str]:
+    if isinstance(ident, dict):
+        system, value = ident.get("system"), ident.get("value")
+        if isinstance(system, str) and system and isinstance(value, str) and value:
+            return system, value
+    raise CaseIdError(f"the case identifier at {where} needs a system and a value", where)
+
+
+def _first(obj: dict, key: str, where: str) -> object:
+    items = obj.get(key)
+    if not isinstance(items, list) or not items:
+        raise CaseIdError(f"{where}.{key} is missing: it names the case", f"{where}.{key}")
+    return items[0]
+
+
+def focus_entry(bundle: dict) -> tuple[int, dict]:
+    """(entry index, resource) of MessageHeader.focus[0], resolved by fullUrl."""
+    try:
+        entries = bundle["entry"]
+        header = entries[0]["resource"]
+        reference = header["focus"][0]["reference"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise CaseIdError(
+            "MessageHeader.focus is missing", "Bundle.entry[0].resource.focus"
+        ) from exc
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and entry.get("fullUrl") == reference:
+            resource = entry.get("resource")
+            if isinstance(resource, dict):
+                return i, resource
+    raise CaseIdError(
+        f"focus {reference!r} does not resolve to an entry",
+        "Bundle.entry[0].resource.focus[0].reference",
+    )
+
+
+def case_id(event_type: EventType | str, bundle: dict) -> str:
+    """The case id of a message Bundle; raises CaseIdError when it cannot be derived."""
+    event = EventType(event_type)
+    index, res = focus_entry(bundle)
+    where = f"Bundle.entry[{index}].resource"
+    family = event.family
+    if family == "referral" or family == "stay":
+        ident = _first(res, "identifier", where)
+        system, value = _identifier(ident, f"{where}.identifier[0]")
+        return format_case_id(family, system, value)
+    if family == "expertise":
+        if res.get("resourceType") == "CommunicationRequest":
+            system, value = _identifier(_first(res, "identifier", where), f"{where}.identifier[0]")
+        else:
+            based = _first(res, "basedOn", where)
+            ident = based.get("identifier") if isinstance(based, dict) else None
+            system, value = _identifier(ident, f"{where}.basedOn[0].identifier")
+        return format_case_id(family, system, value)
+    about = _first(res, "about", where)
+    kind = about.get("type") if isinstance(about, dict) else None
+    if not isinstance(kind, str) or kind not in FOCUS_FAMILY:
+        raise CaseIdError(
+            f"about.type must be one of {', '.join(FOCUS_FAMILY)}, got {kind!r}",
+            f"{where}.about[0].type",
+        )
+    ident = about.get("identifier") if isinstance(about, dict) else None
+    system, value = _identifier(ident, f"{where}.about[0].identifier")
+    return format_case_id(FOCUS_FAMILY[kind], system, value)
