@@ -60,19 +60,20 @@ def _stop_event() -> asyncio.Event:
 @app.command()
 def up() -> None:
     """Run CareBus on this machine (embedded Kafka unless kafka.bootstrap is set)."""
-    from bus.provisioning import apply_topics
+    from bus.stack import run_stack
 
     async def run() -> None:
         s = settings()
         stop = _stop_event()
-        async with broker(s) as bootstrap:
-            changes = await apply_topics(bootstrap, s.kafka)
+        async with run_stack(s) as running:
             table = Table(title="CareBus is running", show_header=True)
             table.add_column("component")
             table.add_column("where")
-            kind = "external cluster" if s.kafka.bootstrap else "embedded Apache Kafka (KRaft)"
-            table.add_row(kind, bootstrap)
-            table.add_row("topics", f"{len(changes)} in the catalog")
+            kind = "Kafka (external)" if s.kafka.bootstrap else "Kafka (embedded, KRaft)"
+            table.add_row(kind, running.bootstrap)
+            for name, where in running.endpoints.items():
+                if name != "kafka":
+                    table.add_row(name, where)
             table.add_row("data directory", str(s.data_dir))
             console.print(table)
             console.print("Ctrl-C or SIGTERM stops everything cleanly.")

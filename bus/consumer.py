@@ -154,7 +154,7 @@ class EventConsumer:
             except PermanentError as exc:
                 await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
                 return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any handler failure: retry, then DLQ
                 if attempt > self.config.retries:
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
                     return

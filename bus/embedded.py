@@ -297,7 +297,7 @@ class EmbeddedKafka:
                 cluster = await admin.describe_cluster()
                 if cluster.get("brokers"):
                     return
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - not up yet: retried until the deadline
                 last = exc
             finally:
                 with contextlib.suppress(Exception):

@@ -69,6 +69,16 @@ class EventProducer:
                 self._producer = producer
         return self._producer
 
+    async def ping(self) -> None:
+        """A real metadata round trip to the broker; raises BrokerUnavailable."""
+        producer = await self._ensure()
+        try:
+            ok = await asyncio.wait_for(producer.client.fetch_all_metadata(), self._timeout_s)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"broker did not answer: {exc!r}") from exc
+        if ok is None or not ok.brokers():
+            raise BrokerUnavailable("broker answered with no brokers")
+
     async def stop(self) -> None:
         """Flush what is in flight, then close."""
         producer, self._producer = self._producer, None
@@ -80,9 +90,14 @@ class EventProducer:
     ) -> RecordMetadata:
         """Write one record and wait for the broker's acknowledgement (acks=all)."""
         producer = await self._ensure()
-        try:
+
+        async def write() -> RecordMetadata:
             fut = await producer.send(topic, value=value, key=key, headers=list(headers))
-            return await asyncio.wait_for(fut, self._timeout_s)
+            return await fut
+
+        try:
+            # one deadline for metadata wait + append + acknowledgement
+            return await asyncio.wait_for(write(), self._timeout_s)
         except (KafkaError, TimeoutError, OSError) as exc:
             raise BrokerUnavailable(f"write to {topic} not acknowledged: {exc!r}") from exc
 
@@ -97,12 +112,16 @@ class EventProducer:
         failure some records may have landed: consumers dedup on event id.
         """
         producer = await self._ensure()
-        try:
+
+        async def write() -> list[RecordMetadata]:
             futures = []
             for topic, env in items:
                 key, value, headers = env.encode()
                 futures.append(await producer.send(topic, value=value, key=key, headers=headers))
-            return await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+            return list(await asyncio.gather(*futures))
+
+        try:
+            return await asyncio.wait_for(write(), self._timeout_s)
         except (KafkaError, TimeoutError, OSError) as exc:
             raise BrokerUnavailable(f"batch not acknowledged: {exc!r}") from exc
 

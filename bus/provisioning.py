@@ -7,6 +7,7 @@ changes nothing the second time, which is what a deployment job needs.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -112,9 +113,32 @@ async def apply_topics(
                 changes.append(Change(spec.name, "unchanged"))
         if to_create:
             await admin.create_topics(to_create)
+            await _wait_for_leaders(admin, [t.name for t in to_create])
         return changes
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0
+) -> None:
+    """New partitions have no leader for a moment; clients started before would log
+    NotLeaderForPartition errors, so provisioning returns only once all are led."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        meta = await admin.describe_topics(names)
+        if all(
+            t["error_code"] == 0
+            and all(p["leader"] >= 0 for p in t["partitions"])
+            and t["partitions"]
+            for t in meta
+        ):
+            # metadata says "led" slightly before the leader serves offsets (KRaft
+            # propagation): settle once, on creation only, instead of clients logging errors
+            await asyncio.sleep(1.0)
+            return
+        await asyncio.sleep(0.1)
 
 
 async def list_state(bootstrap: str, kafka: KafkaSettings) -> dict[str, TopicState]:

@@ -7,6 +7,7 @@ appear in a repr, a log line or an exception.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 from pathlib import Path
@@ -80,10 +81,40 @@ class KafkaSettings(BaseModel):
         return ctx
 
 
+class ApiClient(BaseModel):
+    """One caller of the API, from settings (`[[http.clients]]`)."""
+
+    id: str
+    token: SecretStr | None = None  # or token_sha256, to keep clear tokens out of config
+    token_sha256: str | None = None
+    event_types: list[str] = ["*"]  # glob patterns: "referral.*", "discharge.planned"
+    identifiers: list[str] = ["*"]  # RPPS / FINESS values it may act for; "*" = any
+    subscriptions: bool = False  # may manage e-parcours subscriptions
+    dashboard: bool = False  # may open the coordinator dashboard
+
+    def digest(self) -> str:
+        if self.token_sha256:
+            return self.token_sha256.lower()
+        if self.token:
+            return hashlib.sha256(self.token.get_secret_value().encode()).hexdigest()
+        return ""
+
+
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 2_000_000
+    #: API clients; none configured = every authenticated route answers 401
+    clients: list[ApiClient] = []
+
+
+class MllpSender(BaseModel):
+    """A hospital allowed to send ADT over MLLP: where from, and as which facilities."""
+
+    id: str
+    networks: list[str] = ["127.0.0.0/8", "::1/128"]  # peer addresses (CIDR) it connects from
+    finess: list[str] = []  # FINESS it may send for (9 chars); empty = any
+    default_finess: str | None = None  # used when MSH-4 carries no FINESS
 
 
 class MllpSettings(BaseModel):
@@ -91,7 +122,10 @@ class MllpSettings(BaseModel):
     port: int = 2575
     max_message_bytes: int = 1_000_000
     idle_timeout_s: float = 300.0
-    default_encoding: str = "iso-8859-1"  # used when MSH-18 is empty (IHE PAM FR default)
+    max_connections: int = 1000
+    default_charset: str = "8859/1"  # HL7 name, used when MSH-18 is empty (PAM FR default)
+    #: who may connect; empty = loopback peers only (the embedded default)
+    senders: list[MllpSender] = []
 
 
 class MssanteSettings(BaseModel):

@@ -1,0 +1,1 @@
+"""FHIR R4 HTTP ingress for practice software and FHIR-speaking hospitals."""

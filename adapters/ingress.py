@@ -1,0 +1,153 @@
+"""The write path shared by every inbound adapter (FHIR HTTP, HL7 MLLP, `carebus send`).
+
+An input is either accepted (written to its event topic, acks=all, before the sender
+hears 'yes') or refused (its original bytes and the reason written to
+care.rejected-input, before the sender hears 'no'). If the broker cannot take either
+write, the sender is told to retry (BrokerUnavailable → HTTP 503 / HL7 AE) and keeps
+its message: nothing acknowledged is lost, nothing refused is silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bus import metrics
+from bus.deadletter import rejected_input
+from bus.dedup import Deduplicator
+from bus.producer import EventProducer
+from bus.settings import KafkaSettings
+from schemas.codes import EventType
+from schemas.envelope import Envelope
+from schemas.outcome import Issue
+from schemas.task_states import ReferralStates, TransitionRefused
+from schemas.topics import REFERRAL_EVENTS, topic_for
+from schemas.validate import ValidatedMessage
+
+log = logging.getLogger("carebus.ingress")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event_id: str
+    topic: str
+    duplicate: bool  # a retransmission: acknowledged again, not written twice
+
+
+class Ingress:
+    """Accept or refuse inbound messages, durably, for one process."""
+
+    def __init__(self, producer: EventProducer, *, dedup_size: int = 100_000) -> None:
+        self.producer = producer
+        self._acked = Deduplicator(dedup_size)  # event ids already acknowledged here
+        self.referrals = ReferralStates()
+
+    def check_referral(self, msg: ValidatedMessage) -> TransitionRefused | None:
+        """An illegal referral move (HTTP 409) as far as this ingress has seen the case."""
+        if msg.event_type.family != "referral":
+            return None
+        if self._acked.seen(msg.event_id):
+            return None  # a retransmission of something accepted is not a new move
+        return self.referrals.check(msg.case_id, msg.event_type)
+
+    async def accept(self, msg: ValidatedMessage, *, channel: str, source: str = "") -> Accepted:
+        """Write a validated message to its topic; raises BrokerUnavailable."""
+        topic = topic_for(msg.event_type)
+        if self._acked.seen(msg.event_id):
+            metrics.DUPLICATES.labels(channel).inc()
+            return Accepted(msg.event_id, topic, duplicate=True)
+        env = Envelope(
+            id=msg.event_id,
+            type=msg.event_type.value,
+            source=source or msg.source,
+            subject=msg.case_id,
+            data=msg.raw,
+            time=msg.timestamp or _now(),
+        )
+        try:
+            await self.producer.publish(topic, env)
+        except Exception:
+            metrics.UNAVAILABLE.labels(channel).inc()
+            raise
+        self._acked.mark(msg.event_id)
+        if msg.event_type.family == "referral":
+            self.referrals.apply(msg.case_id, msg.event_type)
+        metrics.RECEIVED.labels(channel, msg.event_type.value).inc()
+        log.info(
+            "accepted %s %s case=%s via %s",
+            msg.event_type.value,
+            msg.event_id,
+            msg.case_id,
+            channel,
+        )
+        return Accepted(msg.event_id, topic, duplicate=False)
+
+    async def reject(
+        self,
+        raw: bytes,
+        *,
+        channel: str,
+        sender: str,
+        issues: Iterable[Issue],
+        content_type: str,
+        reply_id: str = "",
+    ) -> None:
+        """Keep a refused input with its reason; raises BrokerUnavailable."""
+        issues = list(issues)
+        out = rejected_input(
+            raw=raw,
+            channel=channel,
+            sender=sender,
+            issues=issues,
+            content_type=content_type,
+            reply_id=reply_id,
+        )
+        try:
+            await self.producer.send_raw(out.topic, out.key, out.value, out.headers)
+        except Exception:
+            metrics.UNAVAILABLE.labels(channel).inc()
+            raise
+        code = str(issues[0].code) if issues else "unknown"
+        metrics.REJECTED.labels(channel, code).inc()
+        log.warning("rejected input from %s via %s: %s", sender, channel, code)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def follow_referrals(
+    ingress: Ingress, bootstrap: str, kafka: KafkaSettings, stop: asyncio.Event
+) -> None:
+    """Keep `ingress.referrals` in step with the referral topic (every ingress instance
+    sees the moves the others accepted), so a 409 is answered from the real history.
+
+    Reads from the beginning with no consumer group (nothing to commit: the state is
+    rebuilt at each start); Task statuses are read from headers + the bundle's focus.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        REFERRAL_EVENTS.name,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **kafka.client_options(),
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        env = Envelope.decode(rec.key, rec.value, rec.headers)
+                        ingress.referrals.apply(env.subject, EventType(env.type))
+                    except (ValueError, KeyError):
+                        continue  # not a referral event: the processors dead-letter it
+    finally:
+        await consumer.stop()
