@@ -112,3 +112,14 @@ def case_id(event_type: EventType | str, bundle: dict) -> str:
     ident = about.get("identifier") if isinstance(about, dict) else None
     system, value = _identifier(ident, f"{where}.about[0].identifier")
     return format_case_id(FOCUS_FAMILY[kind], system, value)
+
+
+_FAMILY_FOCUS = {family: rtype for rtype, family in FOCUS_FAMILY.items()}
+
+
+def case_ref(case: str) -> CaseRef:
+    """Inverse of `case_id_of`: the logical reference bus notices point at."""
+    family, system, value = parse_case_id(case)
+    if family not in _FAMILY_FOCUS:
+        raise ValueError(f"case family {family!r} has no focus resource")
+    return CaseRef(resource_type=_FAMILY_FOCUS[family], system=system, value=value)  # type: ignore[arg-type]

@@ -1,0 +1,177 @@
+"""The harness every outbound channel runs in: work item in, effect, status event out.
+
+A channel adapter only implements `Channel.deliver(item, bundle) -> Outcome`; this module
+owns the policy around it, the same for mail, record and platforms:
+- ack policy: `bus.consumer.EventConsumer` (commit after processing, dedup on the work
+  item id, dead-letter when the harness itself cannot finish);
+- transient failures (`Outcome.retry`) are retried with exponential backoff and jitter
+  up to `max_attempts`, then become `delivery.failed`;
+- every final outcome is published as `delivery.sent` / `delivery.failed` (attempt
+  count, channel, address; never patient data) on care.delivery.status, where SLA
+  processing and the coordinator see it; a failed delivery is also dead-lettered so
+  `carebus replay` can retry it once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import orjson
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
+
+from bus.consumer import ConsumerConfig, EventConsumer
+from bus.deadletter import dead_letter
+from bus.metrics import REGISTRY
+from bus.producer import EventProducer
+from bus.settings import KafkaSettings
+from schemas.cases import case_ref
+from schemas.codes import EventType
+from schemas.envelope import Envelope
+from schemas.events import build_event
+from schemas.model import BusNoticeInfo
+from schemas.topics import DELIVERY_STATUS
+from schemas.workitem import WorkItem
+
+log = logging.getLogger("carebus.delivery")
+
+ATTEMPTS = Counter(
+    "carebus_delivery_attempts_total", "Delivery attempts", ["channel", "result"], registry=REGISTRY
+)
+OUTCOMES = Counter(
+    "carebus_delivery_outcomes_total",
+    "Final delivery outcomes",
+    ["channel", "status"],
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one attempt achieved. `status`: sent | failed | skipped (nothing to do, e.g.
+    the patient opposes sharing); `retry`: transient, try again later."""
+
+    status: str
+    detail: str = ""
+    retry: bool = False
+
+    @classmethod
+    def sent(cls, detail: str = "") -> Outcome:
+        return cls("sent", detail)
+
+    @classmethod
+    def transient(cls, detail: str) -> Outcome:
+        return cls("failed", detail, retry=True)
+
+    @classmethod
+    def permanent(cls, detail: str) -> Outcome:
+        return cls("failed", detail)
+
+    @classmethod
+    def skipped(cls, detail: str) -> Outcome:
+        return cls("skipped", detail)
+
+
+class ChannelAdapter(Protocol):
+    name: str
+
+    async def deliver(self, item: WorkItem, bundle: dict) -> Outcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_s: float = 1.0
+    max_s: float = 30.0  # inline retries hold the partition: keep the window short
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter (attempt counts from 1)."""
+        return random.uniform(0, min(self.max_s, self.base_s * 2 ** (attempt - 1)))  # noqa: S311
+
+
+def status_event(item: WorkItem, outcome: Outcome, attempts: int) -> Envelope:
+    """delivery.sent / delivery.failed for a work item (id derived: idempotent re-emit)."""
+    etype = EventType.DELIVERY_SENT if outcome.status == "sent" else EventType.DELIVERY_FAILED
+    info = BusNoticeInfo(
+        about=case_ref(item.event.subject),
+        text=f"{item.channel} → {item.recipient.role or item.recipient.kind}: {outcome.detail}"[
+            :500
+        ],
+        attempt=attempts,
+        channel=item.channel.value,  # type: ignore[arg-type]
+        address=item.recipient.address or item.recipient.id,
+        about_event=item.event.id,
+    )
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{item.id}-{etype.value}"))
+    bundle = build_event(etype, info, event_id=event_id, timestamp=datetime.now(UTC))
+    env = item.event.caused(
+        id=event_id, type=etype.value, source="urn:carebus:bus", data=orjson.dumps(bundle)
+    )
+    return env
+
+
+class DeliveryWorker:
+    """Consume one channel's delivery topic and drive its adapter, policy above."""
+
+    def __init__(
+        self, adapter: ChannelAdapter, producer: EventProducer, *, retry: RetryPolicy | None = None
+    ) -> None:
+        self.adapter = adapter
+        self.producer = producer
+        self.retry = retry or RetryPolicy()
+
+    async def handle(self, env: Envelope, record: ConsumerRecord | None = None) -> Outcome:
+        item = WorkItem.from_envelope(env)
+        bundle = orjson.loads(item.event.data)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = await self.adapter.deliver(item, bundle)
+            except Exception as exc:  # noqa: BLE001 - an adapter bug must not stall delivery
+                outcome = Outcome.transient(f"{type(exc).__name__}: {exc}")
+            ATTEMPTS.labels(
+                self.adapter.name, outcome.status if not outcome.retry else "retry"
+            ).inc()
+            if not outcome.retry or attempt >= self.retry.max_attempts:
+                break
+            await asyncio.sleep(self.retry.delay(attempt))
+        if outcome.status != "skipped":
+            await self.producer.publish(DELIVERY_STATUS.name, status_event(item, outcome, attempt))
+        OUTCOMES.labels(self.adapter.name, outcome.status).inc()
+        if outcome.status == "failed" and record is not None:
+            out = dead_letter(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=record.headers,
+                reason=f"delivery failed: {outcome.detail}",
+                group=f"carebus-{self.adapter.name}",
+                attempts=attempt,
+            )
+            await self.producer.send_raw(out.topic, out.key, out.value, out.headers)
+        log.info(
+            "delivery %s via %s: %s after %d attempt(s)",
+            item.id,
+            self.adapter.name,
+            outcome.status,
+            attempt,
+        )
+        return outcome
+
+    def consumer(self, bootstrap: str, kafka: KafkaSettings, topic: str) -> EventConsumer:
+        async def handler(env: Envelope, record: ConsumerRecord) -> None:
+            await self.handle(env, record)
+
+        cfg = ConsumerConfig(
+            group_id=f"carebus-delivery-{self.adapter.name}", topics=(topic,), max_batch=50
+        )
+        return EventConsumer(bootstrap, kafka, cfg, handler, self.producer)
