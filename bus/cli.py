@@ -6,7 +6,9 @@ import asyncio
 import json
 import logging
 import signal
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +29,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 
 console = Console()
+T = TypeVar("T")
 _state: dict[str, Settings] = {}
 
 
@@ -47,6 +50,18 @@ def main(
     )
     logging.getLogger("aiokafka").setLevel(logging.ERROR if not verbose else logging.WARNING)
     _state["settings"] = load_settings(config)
+
+
+def arun(coro: Coroutine[object, object, T]) -> T:
+    """Run a command's coroutine; known operational errors become one clear line."""
+    from bus.embedded import EmbeddedKafkaError
+    from bus.errors import BrokerUnavailable
+
+    try:
+        return asyncio.run(coro)
+    except (EmbeddedKafkaError, BrokerUnavailable, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
 
 
 def _stop_event() -> asyncio.Event:
@@ -80,7 +95,7 @@ def up() -> None:
             await stop.wait()
             console.print("stopping…")
 
-    asyncio.run(run())
+    arun(run())
 
 
 @topics_app.command("apply")
@@ -97,7 +112,7 @@ def topics_apply() -> None:
             table.add_row(c.topic, c.action, c.detail)
         console.print(table)
 
-    asyncio.run(run())
+    arun(run())
 
 
 @topics_app.command("list")
@@ -123,7 +138,7 @@ def topics_list() -> None:
             )
         console.print(table)
 
-    asyncio.run(run())
+    arun(run())
 
 
 @topics_app.command("catalog")
@@ -156,6 +171,10 @@ def schemas_export(
     (out / "asyncapi.json").write_text(json.dumps(asyncapi(), indent=2, ensure_ascii=False))
     console.print(f"wrote {out}/envelope-headers.schema.json and {out}/asyncapi.json")
 
+
+from bus import cli_ops  # noqa: E402 - operator commands register on the app defined above
+
+cli_ops.register(app, console, settings, arun)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -71,11 +71,13 @@ def rejected_input(
 
     `sender` is an identity (facility id, token client id), never a patient name.
     """
+    issues = list(issues)
     reasons = "; ".join(str(i) for i in issues) or "rejected"
     headers: Headers = [
         ("rejected_channel", channel.encode()),
         ("rejected_sender", sender.encode()),
         ("rejected_reason", _clip(reasons)),
+        ("rejected_codes", ",".join(sorted({str(i.code) for i in issues})).encode()),
         ("rejected_time", now_iso().encode()),
         ("content-type", content_type.encode()),
     ]

@@ -121,8 +121,12 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, base64url without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, base64url without padding, never starting
+    with '-' (Kafka's own Uuid.randomUuid avoids it too: the CLI would read an option)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -236,7 +240,9 @@ class EmbeddedKafka:
             return
         cid = p.cluster_id.read_text().strip() if p.cluster_id.exists() else _cluster_id()
         p.cluster_id.write_text(cid)
-        cmd = self._jvm(cp, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(p.config))
+        cmd = self._jvm(
+            cp, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", f"--config={p.config}"
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if proc.returncode != 0:
             raise EmbeddedKafkaError("formatting KRaft storage failed:\n" + proc.stderr[-3000:])

@@ -12,7 +12,7 @@ from bus.settings import Settings
 @contextlib.asynccontextmanager
 async def broker(settings: Settings) -> AsyncIterator[str]:
     """Yield a bootstrap address: `kafka.bootstrap` when set, else a started embedded broker
-    (stopped on exit, its data kept under the data directory)."""
+    (topics provisioned, stopped on exit, its data kept under the data directory)."""
     if settings.kafka.bootstrap:
         yield settings.kafka.bootstrap
         return
@@ -23,6 +23,11 @@ async def broker(settings: Settings) -> AsyncIterator[str]:
         return
     embedded = EmbeddedKafka(settings)
     try:
-        yield await embedded.start()
+        bootstrap = await embedded.start()
+        # an embedded broker is ours: give it the catalog before anyone writes (idempotent)
+        from bus.provisioning import apply_topics
+
+        await apply_topics(bootstrap, settings.kafka)
+        yield bootstrap
     finally:
         await embedded.stop()
