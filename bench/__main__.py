@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import tempfile
 from datetime import UTC, datetime
@@ -41,15 +42,28 @@ def cpu_figures() -> list[Figure]:
     return figs
 
 
-async def broker_figures(n: int, runs: int) -> list[Figure]:
+async def broker_figures(n: int, runs: int, seconds: float) -> list[Figure]:
+    from bench import ingress
+
     with tempfile.TemporaryDirectory(prefix="carebus-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), kafka=KafkaSettings(embedded_port=0))
-        import os
-
         settings.kafka.bootstrap = os.environ.get("CAREBUS_KAFKA__BOOTSTRAP", "")
         async with broker(settings) as bootstrap:
             raw = await broker_bench.run(bootstrap, n=n, runs=runs)
-    return [summarise(f"raw {k} (2 KB, acks=all)", "msgs/s", v) for k, v in raw.items()]
+            loads = await ingress.run(bootstrap, settings, seconds=seconds, runs=runs)
+    figs = [summarise(f"raw {k} (2 KB, acks=all)", "msgs/s", v) for k, v in raw.items()]
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in loads:
+        groups.setdefault((r["kind"], r["offered"]), []).append(r)
+    for (kind, offered), rs in groups.items():
+        label = f"{kind} @ {offered:g}/s" if offered else f"{kind} max (closed loop)"
+        figs.append(summarise(f"{label}: answered/s", "msgs/s", [r["rate"] for r in rs]))
+        figs.append(summarise(f"{label}: p50 time-to-answer", "ms", [r["p50_ms"] for r in rs]))
+        figs.append(summarise(f"{label}: p99 time-to-answer", "ms", [r["p99_ms"] for r in rs]))
+        bad = [float(sum(n for c, n in r["codes"].items() if c not in ("AA", "202"))) for r in rs]
+        if any(bad):
+            figs.append(summarise(f"{label}: non-accepted answers", "count", bad))
+    return figs
 
 
 def main() -> None:
@@ -57,6 +71,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=30_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-broker", action="store_true")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per ingress load step")
     args = parser.parse_args()
     import logging
 
@@ -64,18 +79,18 @@ def main() -> None:
 
     figures = cpu_figures()
     if not args.skip_broker:
-        figures += asyncio.run(broker_figures(args.messages, args.runs))
+        figures += asyncio.run(broker_figures(args.messages, args.runs, args.seconds))
 
     table = Table("measure", "median", "min", "max", "unit", "runs", title="CareBus benchmarks")
     for f in figures:
         table.add_row(*f.row())
-    Console().print(table)
+    Console(width=120).print(table)
 
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     doc = {
         "time": stamp,
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "figures": [f.as_dict() for f in figures],
     }
     md = ["| measure | median | min | max | unit | runs |", "|---|---:|---:|---:|---|---:|"]
