@@ -1,0 +1,1 @@
+"""Routing: who must receive each event, through which channel (pure rules + agent)."""
