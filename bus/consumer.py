@@ -24,7 +24,7 @@ from enum import StrEnum
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
-from bus.deadletter import dead_letter
+from bus.deadletter import dead_letter, is_replayed
 from bus.dedup import Deduplicator
 from bus.producer import EventProducer
 from bus.settings import KafkaSettings
@@ -144,7 +144,7 @@ class EventConsumer:
         except EnvelopeError as exc:
             await self._dead_letter(record, f"not a CareBus event: {exc}", attempts=0)
             return
-        if self.dedup.seen(env.id):
+        if self.dedup.seen(env.id) and not is_replayed(env.extra_headers):
             self.duplicates += 1
             return
         delay = self.config.backoff_s

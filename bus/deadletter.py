@@ -16,6 +16,7 @@ from schemas.outcome import Issue
 from schemas.topics import DEAD_LETTER, REJECTED_INPUT
 
 DLQ_PREFIX = "dlq_"
+REPLAYED = "carebus_replayed"
 REJ_PREFIX = "rejected_"
 MAX_REASON = 2000  # bytes: a reason is a diagnosis, not a dump of the input
 
@@ -97,7 +98,14 @@ def replay_target(headers: Iterable[tuple[str, bytes]]) -> tuple[str, Headers]:
             original.append((name, value))
     if not topic:
         raise ValueError("not a dead letter: no dlq_topic header")
+    # an operator asked for this record again: consumers must not drop it as a duplicate
+    original = [(n, v) for n, v in original if n != REPLAYED] + [(REPLAYED, now_iso().encode())]
     return topic, original
+
+
+def is_replayed(headers: Iterable[tuple[str, bytes]]) -> bool:
+    """True for a record `carebus replay` sent back: dedup on event id must let it through."""
+    return any(n == REPLAYED for n, _ in headers)
 
 
 def header_text(headers: Iterable[tuple[str, bytes]], name: str) -> str:

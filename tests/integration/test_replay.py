@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from bus.consumer import ConsumerConfig, EventConsumer
-from bus.deadletter import rejected_input
+from bus.deadletter import is_replayed, rejected_input
 from bus.producer import EventProducer
 from bus.replay import replay
 from bus.settings import Settings
@@ -42,7 +42,8 @@ async def test_dead_letter_replayed_once_to_its_topic(
     records = await read_all(bootstrap, topic, 2)
     assert len(records) == 2  # the original and its replay
     back = Envelope.decode(records[1].key, records[1].value, records[1].headers)
-    assert back == env  # same id: consumers dedup if it had been processed after all
+    assert back.id == env.id and back.data == env.data and back.type == env.type
+    assert is_replayed(records[1].headers)  # dedup lets an operator's replay through
     assert not any(n.startswith("dlq_") for n, _ in records[1].headers)
 
 

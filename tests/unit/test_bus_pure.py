@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bus.deadletter import dead_letter, header_text, rejected_input, replay_target
+from bus.deadletter import (
+    dead_letter,
+    header_text,
+    is_replayed,
+    rejected_input,
+    replay_target,
+)
 from bus.dedup import Deduplicator
 from bus.settings import KafkaSettings, load_settings
 from schemas.codes import EventType
@@ -40,7 +46,10 @@ def test_dead_letter_keeps_original_bytes_and_says_where_from() -> None:
     assert out.topic == DEAD_LETTER.name and out.value == b"\x00raw" and out.key == b"k"
     assert header_text(out.headers, "dlq_reason") == "boom"  # stale dlq_* replaced
     assert [v for n, v in out.headers if n == "dlq_reason"] == [b"boom"]
-    assert replay_target(out.headers) == ("care.stay.events", [("ce_id", b"1")])
+    target, headers = replay_target(out.headers)
+    assert target == "care.stay.events"
+    assert headers[0] == ("ce_id", b"1") and is_replayed(headers)
+    assert not any(n.startswith("dlq_") for n, _ in headers)
     with pytest.raises(ValueError, match="not a dead letter"):
         replay_target([("ce_id", b"1")])
 
