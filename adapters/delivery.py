@@ -107,6 +107,7 @@ def status_event(item: WorkItem, outcome: Outcome, attempts: int) -> Envelope:
         channel=item.channel.value,  # type: ignore[arg-type]
         address=item.recipient.address or item.recipient.id,
         about_event=item.event.id,
+        recipient_id=item.recipient.id,
     )
     event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{item.id}-{etype.value}"))
     bundle = build_event(etype, info, event_id=event_id, timestamp=datetime.now(UTC))

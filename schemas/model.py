@@ -223,3 +223,6 @@ class BusNoticeInfo:
     channel: Channel | None = None
     address: str | None = None
     about_event: str | None = None
+    #: delivery.*: the recipient's directory id (RPPS, territory id, subscription id), so
+    #: a read receipt acknowledges that recipient's SLA deadline
+    recipient_id: str | None = None

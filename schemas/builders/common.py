@@ -68,6 +68,7 @@ INS_TYPE_CODE: dict[str, str] = {
 EXT_CHANNEL = f"{CAREBUS_BASE}/StructureDefinition/delivery-channel"
 EXT_ADDRESS = f"{CAREBUS_BASE}/StructureDefinition/delivery-address"
 EXT_ATTEMPT = f"{CAREBUS_BASE}/StructureDefinition/delivery-attempt"
+EXT_RECIPIENT_ID = f"{CAREBUS_BASE}/StructureDefinition/delivery-recipient-id"
 EXT_RELATED_EVENT = f"{CAREBUS_BASE}/StructureDefinition/related-event"
 
 #: source.endpoint when a producer does not name itself (SDK users should)

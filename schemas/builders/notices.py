@@ -12,6 +12,7 @@ from schemas.builders.common import (
     EXT_ADDRESS,
     EXT_ATTEMPT,
     EXT_CHANNEL,
+    EXT_RECIPIENT_ID,
     EXT_RELATED_EVENT,
     MessageBuilder,
     Stamp,
@@ -52,6 +53,8 @@ def build_notice(
         ext.append({"url": EXT_CHANNEL, "valueCode": info.channel})
     if info.address:
         ext.append({"url": EXT_ADDRESS, "valueString": info.address})
+    if info.recipient_id:
+        ext.append({"url": EXT_RECIPIENT_ID, "valueString": info.recipient_id})
     if info.attempt is not None:
         ext.append({"url": EXT_ATTEMPT, "valuePositiveInt": info.attempt})
     if info.about_event:
