@@ -129,17 +129,107 @@ class MllpSettings(BaseModel):
 
 
 class MssanteSettings(BaseModel):
+    """MSSanté secure mail: the SMTP relay, the bus's IMAP mailbox, the embedded mailbox.
+
+    TLS is never optional: `tls` only chooses STARTTLS (587) or implicit TLS (465).
+    CA / client certificate default to the embedded mailbox's local PKI when host is "".
+    """
+
     host: str = ""  # empty: embedded local mailbox
     port: int = 587
+    tls: Literal["starttls", "implicit"] = "starttls"  # implicit = SMTPS, usually port 465
     sender: str = "carebus@carebus.mssante.fr"
+    read_receipt_to: str | None = None  # Disposition-Notification-To (default: sender)
+    product_ref: str = ""  # X-MSS-NIL: the product reference from convergence.esante.gouv.fr
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    username: str | None = None  # SMTP/IMAP AUTH user (default: sender, when a password is set)
     password: SecretStr | None = None
+    timeout_s: float = 30.0
+    reuse_connection: bool = True  # keep SMTP connections open between messages
+    pool_size: int = 2  # SMTP connections kept open at most
+    # the embedded local mailbox (used when host is "")
+    mailbox_host: str = "127.0.0.1"
+    mailbox_port: int = 2587  # 0: pick a free port
+    mailbox_require_client_cert: bool = True  # mutual TLS, as on the real MSSanté
+    mailbox_max_bytes: int = 25_000_000
+    # receipts: IMAP over implicit TLS on the bus's own mailbox (empty host: no polling)
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_folder: str = "INBOX"
+    imap_poll_s: float = 60.0
 
 
 class DmpSettings(BaseModel):
     base_url: str = ""  # empty: embedded local document store
+    #: bearer token sent to the record; the embedded store requires it when set
+    token: SecretStr | None = None
+    ca_file: Path | None = None  # CA bundle to verify an https record (system CAs otherwise)
+    client_cert: Path | None = None  # mutual TLS towards the record, when it asks for it
+    client_key: Path | None = None
+    timeout_s: float = 15.0
+    max_bundle_bytes: int = 20_000_000  # ITI-65 body limit, client and embedded store alike
+    # the embedded store (used when base_url is empty)
+    store_host: str = "127.0.0.1"  # a non-loopback host requires `token`
+    store_port: int = 0  # 0: pick a free port
+
+
+class EparcoursSettings(BaseModel):
+    """e-parcours platforms: FHIR topic-based Subscriptions (R4B backport), rest-hook."""
+
+    #: rest-hook hosts a subscription may target: exact names or "*.domain" patterns;
+    #: empty = no subscription can be created (closed by default, SSRF guard)
+    allowed_hosts: list[str] = []
+    allow_http: bool = False  # plain http endpoints (dev on loopback only)
+    #: non-public networks (CIDR) an endpoint may resolve to, e.g. ["127.0.0.0/8"] in dev;
+    #: link-local (cloud metadata) addresses are refused whatever this says
+    allowed_networks: list[str] = []
+    ca_file: Path | None = None  # CA bundle to verify the platforms' certificates
+    base_url: str = ""  # public FHIR base in notifications; empty: http://<http.host>:<port>/fhir
+    timeout_s: float = 10.0  # per notification POST
+    handshake_timeout_s: float = 5.0
+    max_attempts: int = 6  # then the subscription goes to status error
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 30.0
+    min_heartbeat_s: int = 60  # shortest heartbeatPeriod a subscriber may ask for
+    heartbeat_check_s: float = 5.0  # how often the heartbeat task looks for idle channels
+    recovery_probe_s: float = 300.0  # how often an errored subscription is probed
+    events_kept: int = 100  # notifications kept in memory per subscription for $events
+    numbers_kept: int = 256  # delivered work item → eventNumber mappings kept per subscription
+    max_subscriptions_per_client: int = 100
+    max_body_bytes: int = 64_000  # POST /fhir/Subscription
+
+
+class TerritorySettings(BaseModel):
+    """One territory: which CPTS coordinator covers which facilities and postcodes.
+
+    Routing sends stays, alerts and escalations to the coordinator of the territory that
+    covers the event's facility (FINESS first), else the patient's postcode (longest
+    prefix). A `carebus directory import` may add territories or override these by id.
+    """
+
+    id: str  # stable key, e.g. "cpts-bords-allier"
+    name: str
+    coordinator_name: str
+    coordinator_mailbox: str  # MSSanté address of the coordination
+    finess: list[str] = []  # facilities (9-char FINESS) the territory covers
+    postcodes: list[str] = []  # postcode prefixes: "03" = the whole Allier département
+
+
+class RoutingSettings(BaseModel):
+    """Who gets what: the territories (the demo default is the CPTS des Bords d'Allier)."""
+
+    territories: list[TerritorySettings] = [
+        TerritorySettings(
+            id="cpts-bords-allier",
+            name="CPTS des Bords d'Allier",
+            coordinator_name="Camille Renaud",
+            coordinator_mailbox="coordination@cpts-bords-allier.mssante.fr",
+            finess=["030780100"],  # Centre hospitalier de Moulins-Yzeure
+            postcodes=["03"],
+        )
+    ]
 
 
 class Settings(BaseSettings):
@@ -159,6 +249,8 @@ class Settings(BaseSettings):
     mllp: MllpSettings = MllpSettings()
     mssante: MssanteSettings = MssanteSettings()
     dmp: DmpSettings = DmpSettings()
+    eparcours: EparcoursSettings = EparcoursSettings()
+    routing: RoutingSettings = RoutingSettings()
 
     @classmethod
     def settings_customise_sources(
