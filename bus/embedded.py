@@ -205,7 +205,9 @@ class EmbeddedKafka:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "true",  # faust declares its own internal topics
+            # every topic is created on purpose (catalog, faust changelogs): an auto-created
+            # topic gets 1 partition and breaks co-partitioning silently
+            "auto.create.topics.enable": "false",
             "log.flush.interval.messages": "9223372036854775807",
             "num.network.threads": "2",
             "num.io.threads": "4",

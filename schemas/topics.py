@@ -75,6 +75,12 @@ SLA_EVENTS = TopicSpec(
         _E.DISCHARGE_FOLLOWUP_DUE,
     ),
 )
+SLA_TICKS = TopicSpec(
+    "care.sla.ticks",
+    "Internal: due deadlines, sent by each worker's timer to the case's partition owner.",
+    key="case id",
+    retention_ms=1 * DAY_MS,
+)
 DELIVERY_STATUS = TopicSpec(
     "care.delivery.status",
     "What happened to each delivery: sent, failed, read (MDN, platform ack).",
@@ -132,6 +138,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     STAY_EVENTS,
     EXPERTISE_EVENTS,
     SLA_EVENTS,
+    SLA_TICKS,
     DELIVERY_STATUS,
     DELIVERY_MSSANTE,
     DELIVERY_DMP,

@@ -202,6 +202,11 @@ def _coordinator(
     decision.items.append(WorkItem(env, Channel.MSSANTE, recipient, due))
 
 
+def coordinator_id(territory_id: str) -> str:
+    """Recipient id of a territory's coordinator (distinct from any RPPS)."""
+    return f"territory/{territory_id}"
+
+
 def _record(
     env: Envelope, et: EventType, parties: CaseParties, documents: Iterable[str], decision: Decision
 ) -> None:

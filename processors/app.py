@@ -1,0 +1,417 @@
+"""The faust-streaming application: the routing agent and the SLA agent.
+
+Decisions live in pure code (processors.routing.rules, processors.sla.machine); this
+module only binds them to topics and tables.
+
+Ack/commit policy (faust, at-least-once — `exactly_once` is not used: it is unreliable
+in faust-streaming): an event is acked when its agent iteration finished, i.e. after
+every work item / notice it caused was acknowledged by the broker (our EventProducer
+waits for acks=all); faust commits acked offsets. A crash replays the unacked tail:
+work-item ids and notice ids are derived from the event, so replays are idempotent,
+and the SLA state dedups event ids itself. A failing event is caught, dead-lettered
+with its reason and acked: it never stalls its partition.
+
+Deadlines: the SLA table (changelog-backed) is the truth; each worker keeps a
+DeadlineQueue of the cases it holds, rebuilt from the table on recovery. A worker's
+timer turns due entries into *ticks* on care.sla.ticks (keyed by case, so a tick reaches
+the partition owner); the agent fires a deadline only if it is still pending in the
+table, so a tick for a cancelled, fired or moved case does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from adapters.bundle_view import extension
+from bus.deadletter import dead_letter, is_replayed
+from bus.dedup import Deduplicator
+from bus.metrics import REGISTRY
+from bus.producer import EventProducer
+from bus.settings import Settings
+from processors.facts import Read, read_event
+from processors.notices import notice_envelope
+from processors.routing.parties import ROLE_COORDINATOR, CaseParties
+from processors.routing.rules import Decision, Lookup, Subscriptions, route
+from processors.sla.machine import Notice, on_due, on_event
+from processors.sla.policy import SlaPolicies
+from processors.sla.scheduler import DeadlineQueue, requeue
+from processors.sla.state import CaseState
+from schemas.builders.common import EXT_RECIPIENT_ID
+from schemas.cases import case_ref
+from schemas.codes import EventType
+from schemas.envelope import Envelope
+from schemas.events import build_event
+from schemas.model import BusNoticeInfo
+from schemas.topics import (
+    DELIVERY_STATUS,
+    EXPERTISE_EVENTS,
+    REFERRAL_EVENTS,
+    SLA_EVENTS,
+    SLA_TICKS,
+    STAY_EVENTS,
+    TopicSpec,
+    topic_for,
+)
+from schemas.workitem import Channel
+
+log = logging.getLogger("carebus.processors")
+
+ROUTED = Counter(
+    "carebus_routed_work_items_total", "Work items routed", ["channel"], registry=REGISTRY
+)
+UNRESOLVED = Counter(
+    "carebus_routing_unresolved_total",
+    "Recipients routing could not resolve",
+    ["role"],
+    registry=REGISTRY,
+)
+FIRED = Counter(
+    "carebus_sla_notices_total", "SLA notices emitted", ["event_type"], registry=REGISTRY
+)
+PENDING = Gauge(
+    "carebus_sla_pending_deadlines", "Deadlines pending in this worker's queue", registry=REGISTRY
+)
+LATENESS = Histogram(
+    "carebus_sla_firing_lateness_seconds",
+    "Firing time minus due time",
+    registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 30, 300),
+)
+POISON = Counter(
+    "carebus_processor_dead_letters_total",
+    "Events a processor dead-lettered",
+    ["agent"],
+    registry=REGISTRY,
+)
+
+DELIVERY_TOPIC = {
+    Channel.MSSANTE: "care.delivery.mssante",
+    Channel.DMP: "care.delivery.dmp",
+    Channel.EPARCOURS: "care.delivery.eparcours",
+}
+UNRESOLVED_TOPIC_REASON = "recipient unresolved"
+
+
+@dataclass
+class Processors:
+    """What the agents need from the outside (injected: tests and `carebus up` differ)."""
+
+    producer: EventProducer
+    lookup: Lookup
+    policies: SlaPolicies
+    subscriptions: Subscriptions | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    queue: DeadlineQueue = field(default_factory=DeadlineQueue)
+    dedup: Deduplicator = field(default_factory=lambda: Deduplicator(200_000))
+    tick_interval_s: float = 0.2
+
+    async def publish_decision(self, decision: Decision, cause: Envelope) -> None:
+        """Work items to their channel topics. An unresolved recipient is never dropped:
+        the event is dead-lettered with the reason (replayable once the directory is
+        fixed) and a delivery.failed alert goes to the coordinator."""
+        batch = [(DELIVERY_TOPIC[i.channel], i.envelope()) for i in decision.items]
+        for miss in decision.unresolved:
+            UNRESOLVED.labels(miss.role).inc()
+            reason = f"{UNRESOLVED_TOPIC_REASON}: {miss.role} {miss.who}: {miss.reason}"
+            key, value, headers = cause.encode()
+            out = dead_letter(
+                topic=topic_for(cause.type),
+                partition=-1,
+                offset=-1,
+                key=key,
+                value=value,
+                headers=headers,
+                group="carebus-routing",
+                attempts=1,
+                reason=reason,
+            )
+            await self.producer.send_raw(out.topic, out.key, out.value, out.headers)
+            if miss.role != ROLE_COORDINATOR and cause.type != EventType.DELIVERY_FAILED:
+                alert = unresolved_alert(cause, miss.role, miss.who, reason)
+                batch.append((DELIVERY_STATUS.name, alert))
+        if batch:
+            await self.producer.publish_many(batch)
+        for item in decision.items:
+            ROUTED.labels(item.channel.value).inc()
+        for line in decision.audit:
+            log.info("consent: %s", line)
+
+
+def internal_topics(app_id: str) -> list[TopicSpec]:
+    """The faust changelog topics, declared by us with the right partition count before
+    faust starts: created lazily by faust, a changelog can briefly look mismatched with
+    its source topics and the first events of a partition would be refused."""
+    return [
+        TopicSpec(
+            f"{app_id}-{table}-changelog",
+            f"SLA table {table} (faust changelog)",
+            key="case id",
+            partitions=SLA_TICKS.partitions,
+            cleanup_policy="compact",
+            retention_ms=-1,
+        )
+        for table in ("sla-cases", "sla-parties")
+    ]
+
+
+def _faust_app(settings: Settings, bootstrap: str, app_id: str) -> faust.App:
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        producer_acks=-1,
+        processing_guarantee="at_least_once",
+        topic_replication_factor=settings.kafka.replication_factor,
+        topic_partitions=REFERRAL_EVENTS.partitions,
+        table_standby_replicas=0,
+        datadir=str(settings.data_dir / "processors"),
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        loop=asyncio.get_running_loop(),
+    )
+
+
+def create_app(
+    settings: Settings, bootstrap: str, ctx: Processors, app_id: str = "carebus-processors"
+) -> faust.App:
+    app = _faust_app(settings, bootstrap, app_id)
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+    inbound = app.topic(REFERRAL_EVENTS.name, STAY_EVENTS.name, EXPERTISE_EVENTS.name, **raw)
+    sla_sources = app.topic(
+        REFERRAL_EVENTS.name,
+        STAY_EVENTS.name,
+        EXPERTISE_EVENTS.name,
+        DELIVERY_STATUS.name,
+        SLA_TICKS.name,
+        **raw,
+    )
+    ticks = app.topic(SLA_TICKS.name, **raw)
+    cases = app.Table("sla-cases", partitions=SLA_TICKS.partitions, key_type=str, value_type=bytes)
+    parties = app.Table(
+        "sla-parties", partitions=SLA_TICKS.partitions, key_type=str, value_type=bytes
+    )
+
+    async def poison(
+        agent: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence,
+        topic: str,
+        partition: int,
+        offset: int,
+        exc: Exception,
+    ) -> None:
+        POISON.labels(agent).inc()
+        out = dead_letter(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            headers=headers or [],
+            reason=f"{type(exc).__name__}: {exc}",
+            group=f"{app_id}:{agent}",
+            attempts=1,
+        )
+        await ctx.producer.send_raw(out.topic, out.key, out.value, out.headers)
+        log.error(
+            "%s dead-lettered %s[%d]@%d: %s: %s",
+            agent,
+            topic,
+            partition,
+            offset,
+            type(exc).__name__,
+            str(exc)[:300],
+        )
+
+    async def guarded(agent: str, msg: Any, work: Callable[[], Any]) -> None:
+        """Run one event's work: retry what may be transient, dead-letter the rest."""
+        for attempt in range(1, 4):
+            try:
+                await work()
+                return
+            except (ValueError, KeyError, TypeError) as exc:  # malformed: retrying cannot help
+                failure: Exception = exc
+                break
+            except Exception as exc:  # noqa: BLE001 - e.g. broker hiccup: retry, then DLQ
+                failure = exc
+                if attempt < 3:
+                    await asyncio.sleep(0.2 * 2**attempt)
+        await poison(
+            agent,
+            msg.key,
+            msg.value,
+            msg.headers or [],
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            failure,
+        )
+
+    @app.agent(inbound, name="route")
+    async def route_agent(stream: faust.Stream) -> None:
+        async for events in stream.take_events(200, within=0.02):
+            for event in events:
+                msg = event.message
+                await guarded("route", msg, lambda msg=msg: route_one(msg))
+
+    async def route_one(msg: Any) -> None:
+        env = Envelope.decode(msg.key, msg.value, msg.headers or [])
+        if ctx.dedup.seen(env.id) and not is_replayed(env.extra_headers):
+            return
+        read = read_event(env)
+        decision = route(
+            env, read.parties, ctx.lookup, documents=read.documents, subscriptions=ctx.subscriptions
+        )
+        await ctx.publish_decision(decision, env)
+        ctx.dedup.mark(env.id)
+
+    async def emit(
+        notices: Sequence[Notice], case_parties: CaseParties, cause: Envelope | None
+    ) -> None:
+        for notice in notices:
+            env = notice_envelope(notice, cause)
+            await ctx.producer.publish(SLA_EVENTS.name, env)
+            FIRED.labels(notice.event_type.value).inc()
+            decision = route(
+                env,
+                case_parties,
+                ctx.lookup,
+                notify=notice.notify,
+                due=notice.deadline.isoformat() if notice.deadline else "",
+            )
+            if notice.recipient:  # an ack-reminder is for one recipient only
+                decision.items = [i for i in decision.items if i.recipient.id == notice.recipient]
+            await ctx.publish_decision(decision, env)
+
+    def schedule(case_id: str, fx_schedule: Sequence, fx_cancel: Sequence) -> None:
+        for d in fx_cancel:
+            ctx.queue.cancel(case_id, d.token)
+        for d in fx_schedule:
+            ctx.queue.schedule(case_id, d.fire_at, d.token)
+        PENDING.set(len(ctx.queue))
+
+    async def on_tick(case_id: str, token: int) -> None:
+        raw_state = cases.get(case_id)
+        if raw_state is None:
+            return
+        state = CaseState.from_bytes(raw_state)
+        now = ctx.clock()
+        new, notices, again = on_due(state, token, now)
+        if notices:
+            case_parties = _parties(parties.get(case_id))
+            for n in notices:
+                if n.deadline is not None:
+                    LATENESS.observe(max(0.0, (now - n.deadline).total_seconds()))
+            await emit(notices, case_parties, None)  # emitted BEFORE the table write
+        for d in again:
+            ctx.queue.schedule(case_id, d.fire_at, d.token)
+        if new is not state:
+            cases[case_id] = new.to_bytes()
+
+    async def on_case_event(env: Envelope) -> None:
+        et = EventType(env.type)
+        if et is EventType.DELIVERY_FAILED:
+            read = read_event(env)
+            case_parties = _parties(parties.get(env.subject))
+            if not _from_coordinator(read):
+                await ctx.publish_decision(route(env, case_parties, ctx.lookup), env)
+            return
+        if et.family == "bus" and et is not EventType.DELIVERY_READ:
+            return
+        read = read_event(env)
+        if et.inbound:
+            known = _parties(parties.get(env.subject))
+            merged = known.merged(read.parties)
+            if merged != known:
+                parties[env.subject] = merged.to_bytes()
+        raw_state = cases.get(env.subject)
+        state = CaseState.from_bytes(raw_state) if raw_state else None
+        new, fx = on_event(state, et, read.facts, ctx.clock(), ctx.policies)
+        if fx.duplicate or new is None:
+            return
+        schedule(env.subject, fx.schedule, fx.cancel)
+        if fx.notices:
+            await emit(fx.notices, _parties(parties.get(env.subject)), env)
+        if fx.answered_late:
+            log.info("late answer on %s (%s)", env.subject, env.type)
+        cases[env.subject] = new.to_bytes()
+
+    @app.agent(sla_sources, name="sla")
+    async def sla_agent(stream: faust.Stream) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await guarded("sla", msg, lambda msg=msg: sla_one(msg))
+
+    async def sla_one(msg: Any) -> None:
+        if msg.topic == SLA_TICKS.name:
+            await on_tick(msg.key.decode(), int(msg.value))
+        else:
+            await on_case_event(Envelope.decode(msg.key, msg.value, msg.headers or []))
+
+    @cases.on_recover
+    async def rebuild_queue() -> None:
+        started = time.perf_counter()
+        states = (CaseState.from_bytes(v) for v in cases.values() if v)
+        count = requeue(ctx.queue, states)
+        PENDING.set(len(ctx.queue))
+        log.info(
+            "SLA: %d pending deadlines requeued in %.2fs", count, time.perf_counter() - started
+        )
+
+    @app.timer(ctx.tick_interval_s)
+    async def fire_due() -> None:
+        due = ctx.queue.pop_due(ctx.clock(), limit=5000)
+        for d in due:
+            await ticks.send(key=d.case_id.encode(), value=str(d.token).encode())
+        if due:
+            PENDING.set(len(ctx.queue))
+
+    return app
+
+
+def _parties(raw: bytes | None) -> CaseParties:
+    return CaseParties.from_bytes(raw) if raw else CaseParties()
+
+
+def _from_coordinator(read: Read) -> bool:
+    """A failed alert to the coordinator must not alert the coordinator again (no loop)."""
+    ext = extension(read.view.focus, EXT_RECIPIENT_ID) or {}
+    return str(ext.get("valueString", "")).startswith("territory/")
+
+
+def unresolved_alert(cause: Envelope, role: str, who: str, reason: str) -> Envelope:
+    """delivery.failed about a recipient routing could not resolve (id derived: idempotent)."""
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{cause.id}|unresolved|{role}|{who}"))
+    info = BusNoticeInfo(
+        about=case_ref(cause.subject),
+        text=f"Destinataire introuvable ({reason})"[:500],
+        about_event=cause.id,
+        recipient_id=who or role,
+        channel="mssante",  # the channel the recipient could not be reached on
+    )
+    bundle = build_event(
+        EventType.DELIVERY_FAILED, info, event_id=event_id, timestamp=datetime.now(UTC)
+    )
+    return cause.caused(
+        id=event_id,
+        type=EventType.DELIVERY_FAILED.value,
+        source="urn:carebus:bus",
+        data=orjson.dumps(bundle),
+    )
