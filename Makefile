@@ -24,7 +24,8 @@ up: system $(STAMP)
 	$(BIN)/carebus up
 
 ## test: the whole suite against a real Apache Kafka (embedded unless CAREBUS_KAFKA__BOOTSTRAP)
-test: system $(STAMP)
+test: $(STAMP)
+	./scripts/ensure-system.sh dovecot-imapd
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## test-fast: pure unit tests only (no sockets)

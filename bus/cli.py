@@ -176,5 +176,9 @@ from bus import cli_ops  # noqa: E402 - operator commands register on the app de
 
 cli_ops.register(app, console, settings, arun)
 
+from processors.directory import cli as directory_cli  # noqa: E402
+
+directory_cli.register(app, console, settings, arun)
+
 if __name__ == "__main__":  # pragma: no cover
     app()

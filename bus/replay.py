@@ -73,16 +73,19 @@ async def replay(
     await consumer.start()
     try:
         await producer.start()
-        # wait for the assignment, then read up to the end offsets known now
+        # wait for the assignment (keeping whatever arrives meanwhile), then read up to
+        # the end offsets known now
+        early: dict = {}
         for _ in range(50):
             if consumer.assignment():
                 break
-            await consumer.getmany(timeout_ms=100)
+            for tp, recs in (await consumer.getmany(timeout_ms=100)).items():
+                early.setdefault(tp, []).extend(recs)
         ends = await consumer.end_offsets(list(consumer.assignment()))
         total = sum(ends.values())
         seen = 0
-        while any(await _behind(consumer, ends)):
-            batch = await consumer.getmany(timeout_ms=500, max_records=200)
+        batch = early
+        while batch or any(await _behind(consumer, ends)):
             for records in batch.values():
                 for rec in records:
                     seen += 1
@@ -94,6 +97,7 @@ async def replay(
                         progress(seen, total)
             if not dry_run and batch:
                 await consumer.commit()
+            batch = await consumer.getmany(timeout_ms=500, max_records=200)
     finally:
         await producer.stop()
         await consumer.stop()

@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from processors.sla.policy import SlaPolicies
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -251,6 +253,8 @@ class Settings(BaseSettings):
     dmp: DmpSettings = DmpSettings()
     eparcours: EparcoursSettings = EparcoursSettings()
     routing: RoutingSettings = RoutingSettings()
+    #: SLA policies per event type and priority, business calendar (see docs/sla.md)
+    sla: SlaPolicies = Field(default_factory=SlaPolicies)
 
     @classmethod
     def settings_customise_sources(

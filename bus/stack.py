@@ -1,8 +1,10 @@
 """Composition root: start every component of a CareBus process, stop them in order.
 
-Start order: broker → topics → producer → ingress state → listeners. Stop order is the
-reverse, so the listeners stop taking messages first and every message already
-acknowledged was acknowledged after its durable write (nothing in flight is lost).
+Start order: broker → topics → producer → directory → subscriptions → processors →
+outbound workers (and the embedded mailbox / document store) → ingress listeners.
+Stop order is the reverse: the listeners stop taking messages first, so every message
+already acknowledged was acknowledged after its durable write; consumers commit what
+they processed; deadlines stay in the SLA table and resume on the next start.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 
+from bus.consumer import EventConsumer
 from bus.runtime import broker
 from bus.settings import Settings
 
@@ -20,52 +24,172 @@ log = logging.getLogger("carebus.stack")
 
 @dataclass
 class Running:
+    """What runs where (printed by `carebus up`, used by `carebus demo`)."""
+
     bootstrap: str
     endpoints: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+
+def _task(
+    stack: contextlib.AsyncExitStack, coro: Coroutine[object, object, None], name: str
+) -> asyncio.Task:
+    task = asyncio.create_task(coro, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    stack.push_async_callback(cancel)
+    return task
+
+
+async def _consume(stack: contextlib.AsyncExitStack, consumer: EventConsumer, name: str) -> None:
+    """Run an EventConsumer until shutdown, then let it commit and leave the group."""
+    stop = asyncio.Event()
+    await consumer.start()
+    task = asyncio.create_task(consumer.run(stop), name=name)
+
+    async def shutdown() -> None:
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 10)
+        except (TimeoutError, Exception):  # noqa: BLE001 - still stop the consumer below
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await consumer.stop()
+
+    stack.push_async_callback(shutdown)
 
 
 @contextlib.asynccontextmanager
-async def run_stack(settings: Settings, *, ingress: bool = True):
-    """Run the configured roles until the block exits; yields what runs where."""
+async def run_stack(settings: Settings) -> AsyncIterator[Running]:
+    """Run every role on this machine until the block exits; yields what runs where."""
+    from adapters.delivery import DeliveryWorker
+    from adapters.dmp.client import DmpAdapter
+    from adapters.dmp.store import embedded_store
+    from adapters.eparcours.api import subscription_routes, token_authorizer
+    from adapters.eparcours.deliver import (
+        EparcoursWorker,
+        build_service,
+        retry_policy,
+        run_heartbeats,
+    )
     from adapters.fhir_api.app import ApiContext, create_app
     from adapters.fhir_api.auth import TokenRegistry
     from adapters.hl7.listener import MllpListener
     from adapters.ingress import Ingress, follow_referrals
+    from adapters.mssante.mailbox import LocalMailbox
+    from adapters.mssante.receipts import ReceiptPoller
+    from adapters.mssante.sender import MssanteAdapter
     from bus.asgi import serve
     from bus.producer import EventProducer
-    from bus.provisioning import apply_topics
+    from processors.app import Processors
+    from processors.directory.feed import DirectoryFeed
+    from processors.directory.model import Directory, territory_from_settings
+    from processors.runner import run_processors
+    from schemas.topics import DELIVERY_DMP, DELIVERY_EPARCOURS, DELIVERY_MSSANTE
 
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(broker(settings))
         running = Running(bootstrap)
-        running.endpoints["kafka"] = bootstrap
-        await apply_topics(bootstrap, settings.kafka)
         producer = EventProducer(bootstrap, settings.kafka)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        if ingress:
-            gate = Ingress(producer)
-            stop_feed = asyncio.Event()
-            feed = asyncio.create_task(
-                follow_referrals(gate, bootstrap, settings.kafka, stop_feed), name="referral-feed"
+
+        # directory (compacted topic → in-memory table), territories from settings
+        directory = Directory(
+            defaults=[territory_from_settings(t) for t in settings.routing.territories]
+        )
+        feed = DirectoryFeed(bootstrap, settings.kafka, directory)
+        await feed.start()
+        stack.push_async_callback(feed.stop)
+        await feed.ready()
+
+        # e-parcours subscriptions (rebuilt from their compacted topic)
+        h = settings.http
+        base = f"http://{h.host}:{h.port}/fhir"
+        service = await build_service(settings, producer, bootstrap=bootstrap)
+
+        # processors: routing + SLA (faust)
+        ctx = Processors(
+            producer=producer, lookup=directory, policies=settings.sla, subscriptions=service
+        )
+        await stack.enter_async_context(run_processors(settings, bootstrap, ctx))
+
+        # outbound: MSSanté (embedded TLS mailbox unless a relay is configured)
+        mailbox_port = None
+        if not settings.mssante.host:
+            mailbox = LocalMailbox.from_settings(settings)
+            await mailbox.start()
+            stack.push_async_callback(mailbox.stop)
+            mailbox_port = mailbox.port
+            running.endpoints["mailbox"] = (
+                f"smtp://{settings.mssante.mailbox_host}:"
+                f"{mailbox.port} (STARTTLS, mTLS) → "
+                f"{settings.data_dir / 'mailbox'}"
             )
+            running.ports["mailbox"] = mailbox.port
+        mail = MssanteAdapter.from_settings(settings, mailbox_port=mailbox_port)
+        stack.push_async_callback(mail.aclose)
+        await _consume(
+            stack,
+            DeliveryWorker(mail, producer).consumer(
+                bootstrap, settings.kafka, DELIVERY_MSSANTE.name
+            ),
+            "deliver-mssante",
+        )
+        if settings.mssante.imap_host:
+            poller = ReceiptPoller.from_settings(settings, producer)
+            stop_poll = asyncio.Event()
+            stack.callback(stop_poll.set)
+            _task(stack, poller.run(stop_poll, settings.mssante.imap_poll_s), "mdn-poller")
 
-            async def stop_referral_feed() -> None:
-                stop_feed.set()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feed
+        # outbound: shared record (embedded document store unless a DMP URL is set)
+        dmp_url = settings.dmp.base_url
+        if not dmp_url:
+            dmp_url = await stack.enter_async_context(embedded_store(settings))
+            running.endpoints["document store"] = f"{dmp_url} (IHE MHD ITI-65/67/68)"
+        record = DmpAdapter(dmp_url, settings=settings.dmp)
+        stack.push_async_callback(record.aclose)
+        await _consume(
+            stack,
+            DeliveryWorker(record, producer).consumer(bootstrap, settings.kafka, DELIVERY_DMP.name),
+            "deliver-dmp",
+        )
 
-            stack.push_async_callback(stop_referral_feed)
-            tokens = TokenRegistry(settings.http.clients)
-            if not len(tokens):
-                log.warning("no HTTP API client configured: every API call will get 401")
-            h = settings.http
-            base = f"http://{h.host}:{h.port}/fhir"
-            ctx = ApiContext(gate, tokens, h.max_body_bytes, base)
-            port = await stack.enter_async_context(serve(create_app(ctx), h.host, h.port))
-            running.endpoints["fhir"] = f"http://{h.host}:{port}/fhir"
-            mllp = MllpListener(gate, settings.mllp)
-            mport = await mllp.start()
-            stack.push_async_callback(mllp.stop)
-            running.endpoints["mllp"] = f"mllp://{settings.mllp.host}:{mport}"
+        # outbound: e-parcours rest-hooks + heartbeats
+        platforms = EparcoursWorker(service, producer, retry=retry_policy(settings.eparcours))
+        await _consume(
+            stack,
+            platforms.consumer(bootstrap, settings.kafka, DELIVERY_EPARCOURS.name),
+            "deliver-eparcours",
+        )
+        stop_beats = asyncio.Event()
+        stack.callback(stop_beats.set)
+        _task(stack, run_heartbeats(service, stop_beats), "heartbeats")
+
+        # ingress: FHIR HTTP (+ subscriptions API) and HL7 MLLP
+        gate = Ingress(producer)
+        stop_feed = asyncio.Event()
+        stack.callback(stop_feed.set)
+        _task(stack, follow_referrals(gate, bootstrap, settings.kafka, stop_feed), "referral-feed")
+        tokens = TokenRegistry(h.clients)
+        if not len(tokens):
+            log.warning("no HTTP API client configured: every API call will get 401")
+        app = create_app(ApiContext(gate, tokens, h.max_body_bytes, base))
+        app.router.routes.extend(
+            subscription_routes(service, token_authorizer(h.clients), prefix="/fhir")
+        )
+        port = await stack.enter_async_context(serve(app, h.host, h.port))
+        running.endpoints["fhir"] = f"http://{h.host}:{port}/fhir"
+        running.ports["http"] = port
+        mllp = MllpListener(gate, settings.mllp)
+        mport = await mllp.start()
+        stack.push_async_callback(mllp.stop)
+        running.endpoints["mllp"] = f"mllp://{settings.mllp.host}:{mport}"
+        running.ports["mllp"] = mport
+        running.endpoints["kafka"] = bootstrap
         yield running
