@@ -98,6 +98,18 @@ def up() -> None:
     arun(run())
 
 
+@app.command()
+def demo() -> None:
+    """Play a realistic day of a territory on the whole stack and check every outcome."""
+    from bus.demo import run_demo
+
+    try:
+        ok = run_demo(settings(), console)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    raise typer.Exit(0 if ok else 1)
+
+
 @topics_app.command("apply")
 def topics_apply() -> None:
     """Create or align every topic of the catalog (idempotent)."""

@@ -21,6 +21,7 @@ def register(
     arun: Callable[[Coroutine[object, object, None]], None],
 ) -> None:
     """Add the operator commands to the `carebus` app."""
+
     @app.command()
     def send(
         file: Path | None = typer.Argument(None, help="A FHIR message Bundle (JSON) to publish."),

@@ -29,6 +29,7 @@ class Running:
     bootstrap: str
     endpoints: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    dmp_url: str = ""
 
 
 def _task(
@@ -152,6 +153,7 @@ async def run_stack(settings: Settings) -> AsyncIterator[Running]:
         if not dmp_url:
             dmp_url = await stack.enter_async_context(embedded_store(settings))
             running.endpoints["document store"] = f"{dmp_url} (IHE MHD ITI-65/67/68)"
+        running.dmp_url = dmp_url
         record = DmpAdapter(dmp_url, settings=settings.dmp)
         stack.push_async_callback(record.aclose)
         await _consume(
