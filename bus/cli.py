@@ -72,16 +72,14 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-@app.command()
-def up() -> None:
-    """Run CareBus on this machine (embedded Kafka unless kafka.bootstrap is set)."""
+def _serve(roles: tuple[str, ...]) -> None:
     from bus.stack import run_stack
 
     async def run() -> None:
         s = settings()
         stop = _stop_event()
-        async with run_stack(s) as running:
-            table = Table(title="CareBus is running", show_header=True)
+        async with run_stack(s, roles) as running:
+            table = Table(title=f"CareBus is running ({', '.join(roles)})", show_header=True)
             table.add_column("component")
             table.add_column("where")
             kind = "Kafka (external)" if s.kafka.bootstrap else "Kafka (embedded, KRaft)"
@@ -96,6 +94,27 @@ def up() -> None:
             console.print("stopping…")
 
     arun(run())
+
+
+@app.command()
+def up() -> None:
+    """Run every role of CareBus on this machine (embedded Kafka unless kafka.bootstrap)."""
+    from bus.stack import ROLES
+
+    _serve(ROLES)
+
+
+@app.command("run")
+def run_roles(
+    roles: list[str] = typer.Argument(..., help="processors | adapters | ingress (one or more)."),
+) -> None:
+    """Run only some roles (scale each out with more processes on the same settings)."""
+    from bus.stack import ROLES
+
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise typer.BadParameter(f"unknown role(s) {unknown}; roles are {', '.join(ROLES)}")
+    _serve(tuple(roles))
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Composition root: start every component of a CareBus process, stop them in order.
+"""Composition root: start the components of a CareBus process, stop them in order.
 
 Start order: broker → topics → producer → directory → subscriptions → processors →
 outbound workers (and the embedded mailbox / document store) → ingress listeners.
@@ -14,12 +14,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bus.consumer import EventConsumer
+from bus.producer import EventProducer
 from bus.runtime import broker
 from bus.settings import Settings
 
+if TYPE_CHECKING:
+    from adapters.eparcours.service import SubscriptionService
+
 log = logging.getLogger("carebus.stack")
+
+ROLES = ("processors", "adapters", "ingress")
 
 
 @dataclass
@@ -66,32 +73,18 @@ async def _consume(stack: contextlib.AsyncExitStack, consumer: EventConsumer, na
 
 
 @contextlib.asynccontextmanager
-async def run_stack(settings: Settings) -> AsyncIterator[Running]:
-    """Run every role on this machine until the block exits; yields what runs where."""
-    from adapters.delivery import DeliveryWorker
-    from adapters.dmp.client import DmpAdapter
-    from adapters.dmp.store import embedded_store
-    from adapters.eparcours.api import subscription_routes, token_authorizer
-    from adapters.eparcours.deliver import (
-        EparcoursWorker,
-        build_service,
-        retry_policy,
-        run_heartbeats,
-    )
-    from adapters.fhir_api.app import ApiContext, create_app
-    from adapters.fhir_api.auth import TokenRegistry
-    from adapters.hl7.listener import MllpListener
-    from adapters.ingress import Ingress, follow_referrals
-    from adapters.mssante.mailbox import LocalMailbox
-    from adapters.mssante.receipts import ReceiptPoller
-    from adapters.mssante.sender import MssanteAdapter
-    from bus.asgi import serve
-    from bus.producer import EventProducer
-    from processors.app import Processors
+async def run_stack(settings: Settings, roles: tuple[str, ...] = ROLES) -> AsyncIterator[Running]:
+    """Run the given roles (default: all) until the block exits; yields what runs where.
+
+    Each role scales out by starting more processes with the same settings: processors
+    and adapters split partitions through their consumer groups; ingress is stateless.
+    """
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {sorted(unknown)}; roles are {', '.join(ROLES)}")
+    from adapters.eparcours.deliver import build_service
     from processors.directory.feed import DirectoryFeed
     from processors.directory.model import Directory, territory_from_settings
-    from processors.runner import run_processors
-    from schemas.topics import DELIVERY_DMP, DELIVERY_EPARCOURS, DELIVERY_MSSANTE
 
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(broker(settings))
@@ -99,99 +92,147 @@ async def run_stack(settings: Settings) -> AsyncIterator[Running]:
         producer = EventProducer(bootstrap, settings.kafka)
         await producer.start()
         stack.push_async_callback(producer.stop)
-
-        # directory (compacted topic → in-memory table), territories from settings
-        directory = Directory(
-            defaults=[territory_from_settings(t) for t in settings.routing.territories]
-        )
-        feed = DirectoryFeed(bootstrap, settings.kafka, directory)
-        await feed.start()
-        stack.push_async_callback(feed.stop)
-        await feed.ready()
-
-        # e-parcours subscriptions (rebuilt from their compacted topic)
-        h = settings.http
-        base = f"http://{h.host}:{h.port}/fhir"
+        # e-parcours subscriptions, rebuilt from their compacted topic (routing matches
+        # events against them; the API and the worker change and use them)
         service = await build_service(settings, producer, bootstrap=bootstrap)
-
-        # processors: routing + SLA (faust)
-        ctx = Processors(
-            producer=producer, lookup=directory, policies=settings.sla, subscriptions=service
-        )
-        await stack.enter_async_context(run_processors(settings, bootstrap, ctx))
-
-        # outbound: MSSanté (embedded TLS mailbox unless a relay is configured)
-        mailbox_port = None
-        if not settings.mssante.host:
-            mailbox = LocalMailbox.from_settings(settings)
-            await mailbox.start()
-            stack.push_async_callback(mailbox.stop)
-            mailbox_port = mailbox.port
-            running.endpoints["mailbox"] = (
-                f"smtp://{settings.mssante.mailbox_host}:"
-                f"{mailbox.port} (STARTTLS, mTLS) → "
-                f"{settings.data_dir / 'mailbox'}"
-            )
-            running.ports["mailbox"] = mailbox.port
-        mail = MssanteAdapter.from_settings(settings, mailbox_port=mailbox_port)
-        stack.push_async_callback(mail.aclose)
-        await _consume(
-            stack,
-            DeliveryWorker(mail, producer).consumer(
-                bootstrap, settings.kafka, DELIVERY_MSSANTE.name
-            ),
-            "deliver-mssante",
-        )
-        if settings.mssante.imap_host:
-            poller = ReceiptPoller.from_settings(settings, producer)
-            stop_poll = asyncio.Event()
-            stack.callback(stop_poll.set)
-            _task(stack, poller.run(stop_poll, settings.mssante.imap_poll_s), "mdn-poller")
-
-        # outbound: shared record (embedded document store unless a DMP URL is set)
-        dmp_url = settings.dmp.base_url
-        if not dmp_url:
-            dmp_url = await stack.enter_async_context(embedded_store(settings))
-            running.endpoints["document store"] = f"{dmp_url} (IHE MHD ITI-65/67/68)"
-        running.dmp_url = dmp_url
-        record = DmpAdapter(dmp_url, settings=settings.dmp)
-        stack.push_async_callback(record.aclose)
-        await _consume(
-            stack,
-            DeliveryWorker(record, producer).consumer(bootstrap, settings.kafka, DELIVERY_DMP.name),
-            "deliver-dmp",
-        )
-
-        # outbound: e-parcours rest-hooks + heartbeats
-        platforms = EparcoursWorker(service, producer, retry=retry_policy(settings.eparcours))
-        await _consume(
-            stack,
-            platforms.consumer(bootstrap, settings.kafka, DELIVERY_EPARCOURS.name),
-            "deliver-eparcours",
-        )
-        stop_beats = asyncio.Event()
-        stack.callback(stop_beats.set)
-        _task(stack, run_heartbeats(service, stop_beats), "heartbeats")
-
-        # ingress: FHIR HTTP (+ subscriptions API) and HL7 MLLP
-        gate = Ingress(producer)
-        stop_feed = asyncio.Event()
-        stack.callback(stop_feed.set)
-        _task(stack, follow_referrals(gate, bootstrap, settings.kafka, stop_feed), "referral-feed")
-        tokens = TokenRegistry(h.clients)
-        if not len(tokens):
-            log.warning("no HTTP API client configured: every API call will get 401")
-        app = create_app(ApiContext(gate, tokens, h.max_body_bytes, base))
-        app.router.routes.extend(
-            subscription_routes(service, token_authorizer(h.clients), prefix="/fhir")
-        )
-        port = await stack.enter_async_context(serve(app, h.host, h.port))
-        running.endpoints["fhir"] = f"http://{h.host}:{port}/fhir"
-        running.ports["http"] = port
-        mllp = MllpListener(gate, settings.mllp)
-        mport = await mllp.start()
-        stack.push_async_callback(mllp.stop)
-        running.endpoints["mllp"] = f"mllp://{settings.mllp.host}:{mport}"
-        running.ports["mllp"] = mport
+        if "processors" in roles:
+            # directory: compacted topic → in-memory table; territories from settings
+            defaults = [territory_from_settings(t) for t in settings.routing.territories]
+            directory = Directory(defaults=defaults)
+            feed = DirectoryFeed(bootstrap, settings.kafka, directory)
+            await feed.start()
+            stack.push_async_callback(feed.stop)
+            await feed.ready()
+            await _processors(stack, settings, running, producer, service, directory)
+        if "adapters" in roles:
+            await _adapters(stack, settings, running, producer, service)
+        if "ingress" in roles:
+            await _ingress(stack, settings, running, producer, service)
         running.endpoints["kafka"] = bootstrap
         yield running
+
+
+async def _processors(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    running: Running,
+    producer: EventProducer,
+    service: SubscriptionService,
+    directory: object,
+) -> None:
+    from processors.app import Processors
+    from processors.runner import run_processors
+
+    ctx = Processors(
+        producer=producer,
+        lookup=directory,
+        policies=settings.sla,  # type: ignore[arg-type]
+        subscriptions=service,
+    )
+    await stack.enter_async_context(run_processors(settings, running.bootstrap, ctx))
+    running.endpoints["processors"] = "routing + SLA agents (faust)"
+
+
+async def _adapters(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    running: Running,
+    producer: EventProducer,
+    service: SubscriptionService,
+) -> None:
+    """Outbound workers, with the embedded mailbox / document store by default."""
+    from adapters.delivery import DeliveryWorker
+    from adapters.dmp.client import DmpAdapter
+    from adapters.dmp.store import embedded_store
+    from adapters.eparcours.deliver import EparcoursWorker, retry_policy, run_heartbeats
+    from adapters.mssante.mailbox import LocalMailbox
+    from adapters.mssante.receipts import ReceiptPoller
+    from adapters.mssante.sender import MssanteAdapter
+    from schemas.topics import DELIVERY_DMP, DELIVERY_EPARCOURS, DELIVERY_MSSANTE
+
+    bootstrap, kafka = running.bootstrap, settings.kafka
+    # MSSanté: embedded TLS mailbox unless a relay is configured
+    mailbox_port = None
+    if not settings.mssante.host:
+        mailbox = LocalMailbox.from_settings(settings)
+        await mailbox.start()
+        stack.push_async_callback(mailbox.stop)
+        mailbox_port = mailbox.port
+        running.endpoints["mailbox"] = (
+            f"smtp://{settings.mssante.mailbox_host}:{mailbox.port} (STARTTLS, mTLS) → "
+            f"{settings.data_dir / 'mailbox'}"
+        )
+        running.ports["mailbox"] = mailbox.port
+    mail = MssanteAdapter.from_settings(settings, mailbox_port=mailbox_port)
+    stack.push_async_callback(mail.aclose)
+    await _consume(
+        stack,
+        DeliveryWorker(mail, producer).consumer(bootstrap, kafka, DELIVERY_MSSANTE.name),
+        "deliver-mssante",
+    )
+    if settings.mssante.imap_host:
+        poller = ReceiptPoller.from_settings(settings, producer)
+        stop_poll = asyncio.Event()
+        stack.callback(stop_poll.set)
+        _task(stack, poller.run(stop_poll, settings.mssante.imap_poll_s), "mdn-poller")
+    # shared record: embedded document store unless a DMP URL is set
+    dmp_url = settings.dmp.base_url
+    if not dmp_url:
+        dmp_url = await stack.enter_async_context(embedded_store(settings))
+        running.endpoints["document store"] = f"{dmp_url} (IHE MHD ITI-65/67/68)"
+    running.dmp_url = dmp_url
+    record = DmpAdapter(dmp_url, settings=settings.dmp)
+    stack.push_async_callback(record.aclose)
+    await _consume(
+        stack,
+        DeliveryWorker(record, producer).consumer(bootstrap, kafka, DELIVERY_DMP.name),
+        "deliver-dmp",
+    )
+    # e-parcours rest-hooks and heartbeats
+    platforms = EparcoursWorker(service, producer, retry=retry_policy(settings.eparcours))
+    await _consume(
+        stack, platforms.consumer(bootstrap, kafka, DELIVERY_EPARCOURS.name), "deliver-eparcours"
+    )
+    stop_beats = asyncio.Event()
+    stack.callback(stop_beats.set)
+    _task(stack, run_heartbeats(service, stop_beats), "heartbeats")
+
+
+async def _ingress(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    running: Running,
+    producer: EventProducer,
+    service: SubscriptionService,
+) -> None:
+    """FHIR HTTP (with the Subscription API) and HL7 MLLP listeners."""
+    from adapters.eparcours.api import subscription_routes, token_authorizer
+    from adapters.fhir_api.app import ApiContext, create_app
+    from adapters.fhir_api.auth import TokenRegistry
+    from adapters.hl7.listener import MllpListener
+    from adapters.ingress import Ingress, follow_referrals
+    from bus.asgi import serve
+
+    h = settings.http
+    gate = Ingress(producer)
+    stop_feed = asyncio.Event()
+    stack.callback(stop_feed.set)
+    _task(
+        stack, follow_referrals(gate, running.bootstrap, settings.kafka, stop_feed), "referral-feed"
+    )
+    tokens = TokenRegistry(h.clients)
+    if not len(tokens):
+        log.warning("no HTTP API client configured: every API call will get 401")
+    base = f"http://{h.host}:{h.port}/fhir"
+    app = create_app(ApiContext(gate, tokens, h.max_body_bytes, base))
+    app.router.routes.extend(
+        subscription_routes(service, token_authorizer(h.clients), prefix="/fhir")
+    )
+    port = await stack.enter_async_context(serve(app, h.host, h.port))
+    running.endpoints["fhir"] = f"http://{h.host}:{port}/fhir"
+    running.ports["http"] = port
+    mllp = MllpListener(gate, settings.mllp)
+    mport = await mllp.start()
+    stack.push_async_callback(mllp.stop)
+    running.endpoints["mllp"] = f"mllp://{settings.mllp.host}:{mport}"
+    running.ports["mllp"] = mport

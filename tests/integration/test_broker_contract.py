@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bus.consumer import ConsumerConfig, EventConsumer, PermanentError
-from bus.deadletter import header_text, replay_target
+from bus.deadletter import header_text, is_replayed, replay_target
 from bus.dedup import Deduplicator
 from bus.producer import EventProducer
 from bus.provisioning import apply_topics, list_state
@@ -184,7 +184,14 @@ class TestBrokerContract:
         # replay: original topic and headers, dlq_* removed, envelope intact
         target, headers = replay_target(failing.headers)
         assert target == topic
-        assert Envelope.decode(failing.key, failing.value, headers) == bad
+        back = Envelope.decode(failing.key, failing.value, headers)
+        assert (back.id, back.type, back.data, back.subject) == (
+            bad.id,
+            bad.type,
+            bad.data,
+            bad.subject,
+        )
+        assert is_replayed(headers)
 
     async def test_permanent_error_skips_retries(
         self, catalog_applied: str, settings: Settings, unique: str
