@@ -9,6 +9,9 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from adapters.fhir_api.app import ApiContext, create_app
 from adapters.fhir_api.auth import ApiClient, TokenRegistry
@@ -212,3 +215,35 @@ async def test_broker_down_answers_503_and_never_202(settings: Settings) -> None
             assert bad.status_code == 503  # cannot keep the refusal either: sender must retry
             assert (await client.get("/readyz")).status_code == 503
     await producer.stop()
+
+
+@hsettings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=3000),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+            ),
+            max_leaves=30,
+        ).map(lambda v: orjson.dumps(v)),
+        st.builds(
+            lambda b, i, junk: b[:i] + junk + b[i + len(junk) :],
+            st.just(orjson.dumps(sample_bundle("referral.requested"))),
+            st.integers(0, 4000),
+            st.binary(min_size=1, max_size=30),
+        ),
+    )
+)
+async def test_fuzzed_bodies_always_get_a_fhir_answer(api, body: bytes) -> None:
+    resp = await post(api, body)
+    assert resp.status_code in {202, 400, 403, 409, 413, 422}
+    assert resp.headers["content-type"].startswith("application/fhir+json")
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"]
+    if resp.status_code in (400, 422):
+        assert all(i["severity"] == "error" and i["diagnostics"] for i in outcome["issue"])
