@@ -79,3 +79,19 @@ def operation_outcome(issues: Iterable[Issue], *, outcome_id: str | None = None)
     if not out["issue"]:
         out["issue"] = [{"severity": "information", "code": "informational", "diagnostics": "ok"}]
     return out
+
+
+def fhirpath(root: str, loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a FHIRPath-like expression:
+    ('entry', 1, 'resource', 'status') → Bundle.entry[1].resource.status.
+
+    pydantic's own tags (union members such as 'function-after[…]', 'root') are dropped
+    and fhir.resources' `__ext` suffix (primitive extensions) removed, so a sender sees
+    the element it wrote."""
+    out = [root]
+    for part in loc:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        elif isinstance(part, str) and part.isidentifier() and part != "root":
+            out.append(f".{part.removesuffix('__ext')}")
+    return "".join(out)

@@ -19,7 +19,7 @@ from schemas.cases import CaseIdError, case_id
 from schemas.codes import EVENT_CODESYSTEM, EXT_PLANNED_DISCHARGE, FINESS, RPPS, EventType
 from schemas.events import EVENT_SPECS, EventSpec
 from schemas.message_rules import build_context, check_bundle
-from schemas.outcome import Issue, IssueCode, ValidationFailed
+from schemas.outcome import Issue, IssueCode, ValidationFailed, fhirpath
 from schemas.rules import RuleContext, as_dict, as_list, is_one_of, is_text
 from schemas.task_states import TaskStatus
 
@@ -242,16 +242,6 @@ def _is_resource_type(name: str) -> bool:
         return False
 
 
-def _expression(loc: tuple[int | str, ...]) -> str:
-    out = ["Bundle"]
-    for part in loc:
-        if isinstance(part, int):
-            out.append(f"[{part}]")
-        elif part.isidentifier() and part != "root":
-            out.append(f".{part.removesuffix('__ext')}")
-    return "".join(out)
-
-
 def _code_of(error_type: str) -> IssueCode:
     if error_type.endswith("missing"):
         return IssueCode.REQUIRED
@@ -284,7 +274,9 @@ def structural_issues(bundle: dict) -> list[Issue]:
     except ValidationError as exc:
         return [
             Issue(
-                _code_of(err["type"]), f"FHIR R4 structure: {err['msg']}", _expression(err["loc"])
+                _code_of(err["type"]),
+                f"FHIR R4 structure: {err['msg']}",
+                fhirpath("Bundle", err["loc"]),
             )
             for err in exc.errors(include_input=False, include_url=False)
         ]

@@ -41,8 +41,9 @@ from starlette.routing import Route
 from adapters.bundle_view import parse_fhir_datetime
 from adapters.dmp.store_db import DateBound, DocIndex, DocumentDB
 from adapters.dmp.store_tx import TxRefused, check_mhd, check_structure, file_bundle
+from adapters.http_outcome import outcome_response as _outcome
 from bus.settings import Settings
-from schemas.outcome import Issue, IssueCode, operation_outcome
+from schemas.outcome import Issue, IssueCode
 
 FHIR_JSON = "application/fhir+json"
 _ACCEPTED = ("application/fhir+json", "application/json")
@@ -63,11 +64,6 @@ class DocumentSummary:
     binary_id: str
     master_identifier: str
     filed_at: str
-
-
-def _outcome(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps(operation_outcome(issues))
-    return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 def _fhir(resource: dict, status: int = 200) -> Response:

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from adapters.bundle_view import to_utc
 from adapters.dmp.store_db import DocIndex, Tx
-from schemas.outcome import Issue, IssueCode
+from schemas.outcome import Issue, IssueCode, fhirpath
 
 ACCEPTED = ("List", "DocumentReference", "Binary")
 SUBMISSION_SET = "submissionset"
@@ -46,18 +46,6 @@ class TxRefused(Exception):
         super().__init__("; ".join(map(str, issues)))
         self.status = status
         self.issues = issues
-
-
-def fhirpath(root: str, loc: tuple) -> str:
-    """A pydantic error location as FHIRPath: ('entry', 1, 'resource', 'x') →
-    Bundle.entry[1].resource.x (pydantic's own tags, which contain spaces, are dropped)."""
-    out = root
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z_][\w]*", part):
-            out += f".{part}"
-    return out
 
 
 def check_structure(bundle: object) -> None:

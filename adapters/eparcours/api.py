@@ -36,9 +36,10 @@ from adapters.eparcours.resource import SubscriptionInvalid, to_fhir
 from adapters.eparcours.service import SubscriptionService
 from adapters.eparcours.topics import BY_ID, subscription_topic, topic_list, topics_bundle
 from adapters.fhir_api.auth import TokenRegistry
+from adapters.http_outcome import outcome_response as _outcome
 from bus.errors import BrokerUnavailable
 from bus.settings import ApiClient
-from schemas.outcome import Issue, IssueCode, operation_outcome
+from schemas.outcome import Issue, IssueCode
 
 FHIR_JSON = "application/fhir+json"
 Authorizer = Callable[[Request], Awaitable[str | None] | str | None]
@@ -46,10 +47,6 @@ Authorizer = Callable[[Request], Awaitable[str | None] | str | None]
 
 def _fhir(resource: dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(resource), status, headers=headers, media_type=FHIR_JSON)
-
-
-def _outcome(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
-    return _fhir(operation_outcome(issues), status, headers)
 
 
 def _not_found() -> Response:

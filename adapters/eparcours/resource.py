@@ -30,7 +30,7 @@ from adapters.eparcours.guard import EndpointPolicy, EndpointRefused
 from adapters.eparcours.registry import Content, Status, SubscriptionRecord
 from adapters.eparcours.topics import BACKPORT, BY_URL
 from schemas.codes import CAREBUS_BASE
-from schemas.outcome import Issue, IssueCode
+from schemas.outcome import Issue, IssueCode, fhirpath
 
 SD = f"{BACKPORT}/StructureDefinition"
 PROFILE = f"{SD}/backport-subscription"
@@ -61,17 +61,6 @@ class SubscriptionInvalid(ValueError):
         super().__init__("; ".join(map(str, issues)))
         self.status = status
         self.issues = issues
-
-
-def fhirpath(root: str, loc: tuple) -> str:
-    """A pydantic error location as FHIRPath (pydantic's own union tags dropped)."""
-    out = root
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z_]\w*", part):
-            out += f".{part}"
-    return out
 
 
 def _ext(node: dict | None, url: str) -> list[dict]:

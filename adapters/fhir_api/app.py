@@ -20,10 +20,11 @@ from starlette.routing import Route
 
 from adapters.fhir_api.auth import ApiClient, AuthError, TokenRegistry, may_publish
 from adapters.fhir_api.capability import capability_statement, event_codesystem
+from adapters.http_outcome import outcome_response as outcome
 from adapters.ingress import Ingress
 from bus import metrics
 from bus.errors import BrokerUnavailable
-from schemas.outcome import Issue, IssueCode, ValidationFailed, operation_outcome
+from schemas.outcome import Issue, IssueCode, ValidationFailed
 from schemas.validate import validate_message
 
 FHIR_JSON = "application/fhir+json"
@@ -38,11 +39,6 @@ class ApiContext:
     tokens: TokenRegistry
     max_body_bytes: int
     base_url: str
-
-
-def outcome(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps(operation_outcome(issues))
-    return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
 class _TooLarge(Exception):
