@@ -27,7 +27,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 
 from bus.consumer import ConsumerConfig, EventConsumer
-from bus.deadletter import dead_letter
+from bus.deadletter import dead_letter_of
 from bus.metrics import REGISTRY
 from bus.producer import EventProducer
 from bus.settings import KafkaSettings
@@ -147,13 +147,8 @@ class DeliveryWorker:
             await self.producer.publish(DELIVERY_STATUS.name, status_event(item, outcome, attempt))
         OUTCOMES.labels(self.adapter.name, outcome.status).inc()
         if outcome.status == "failed" and record is not None:
-            out = dead_letter(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value,
-                headers=record.headers,
+            out = dead_letter_of(
+                record,
                 reason=f"delivery failed: {outcome.detail}",
                 group=f"carebus-{self.adapter.name}",
                 attempts=attempt,

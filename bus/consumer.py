@@ -24,7 +24,7 @@ from enum import StrEnum
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
-from bus.deadletter import dead_letter, is_replayed
+from bus.deadletter import dead_letter_of, is_replayed
 from bus.dedup import Deduplicator
 from bus.producer import EventProducer
 from bus.settings import KafkaSettings
@@ -167,17 +167,7 @@ class EventConsumer:
                 return
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str, attempts: int) -> None:
-        out = dead_letter(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=record.headers,
-            reason=reason,
-            group=self.config.group_id,
-            attempts=attempts,
-        )
+        out = dead_letter_of(record, reason=reason, group=self.config.group_id, attempts=attempts)
         # BrokerUnavailable propagates: no commit, the record is redelivered later.
         await self._producer.send_raw(out.topic, out.key, out.value, out.headers)
         self.dead_lettered += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.envelope import Headers, now_iso
 from schemas.outcome import Issue
@@ -57,6 +58,21 @@ def dead_letter(
         ("dlq_time", now_iso().encode()),
     ]
     return KafkaRecordOut(DEAD_LETTER.name, key, value, original + meta)
+
+
+def dead_letter_of(record: Any, *, reason: str, group: str, attempts: int) -> KafkaRecordOut:
+    """`dead_letter` for a consumed record (aiokafka ConsumerRecord or faust Message)."""
+    return dead_letter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        headers=record.headers or [],
+        reason=reason,
+        group=group,
+        attempts=attempts,
+    )
 
 
 def rejected_input(

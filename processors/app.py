@@ -34,7 +34,7 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from adapters.bundle_view import extension
-from bus.deadletter import dead_letter, is_replayed
+from bus.deadletter import dead_letter, dead_letter_of, is_replayed
 from bus.dedup import Deduplicator
 from bus.metrics import REGISTRY
 from bus.producer import EventProducer
@@ -207,35 +207,18 @@ def create_app(
         "sla-parties", partitions=SLA_TICKS.partitions, key_type=str, value_type=bytes
     )
 
-    async def poison(
-        agent: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: Sequence,
-        topic: str,
-        partition: int,
-        offset: int,
-        exc: Exception,
-    ) -> None:
+    async def poison(agent: str, msg: Any, exc: Exception) -> None:
         POISON.labels(agent).inc()
-        out = dead_letter(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key,
-            value=value,
-            headers=headers or [],
-            reason=f"{type(exc).__name__}: {exc}",
-            group=f"{app_id}:{agent}",
-            attempts=1,
+        out = dead_letter_of(
+            msg, reason=f"{type(exc).__name__}: {exc}", group=f"{app_id}:{agent}", attempts=1
         )
         await ctx.producer.send_raw(out.topic, out.key, out.value, out.headers)
         log.error(
             "%s dead-lettered %s[%d]@%d: %s: %s",
             agent,
-            topic,
-            partition,
-            offset,
+            msg.topic,
+            msg.partition,
+            msg.offset,
             type(exc).__name__,
             str(exc)[:300],
         )
@@ -253,16 +236,7 @@ def create_app(
                 failure = exc
                 if attempt < 3:
                     await asyncio.sleep(0.2 * 2**attempt)
-        await poison(
-            agent,
-            msg.key,
-            msg.value,
-            msg.headers or [],
-            msg.topic,
-            msg.partition,
-            msg.offset,
-            failure,
-        )
+        await poison(agent, msg, failure)
 
     @app.agent(inbound, name="route")
     async def route_agent(stream: faust.Stream) -> None:
