@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from bus.embedded import EmbeddedKafka
+from bus.settings import KafkaSettings, Settings
+
 # CI replays the same generated examples every run (a red CI must mean a regression, not
 # a new random draw); local runs keep exploring new examples.
 hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
-
-from bus.embedded import EmbeddedKafka
-from bus.settings import KafkaSettings, Settings
 
 
 @pytest.fixture(scope="session")
