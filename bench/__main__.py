@@ -26,6 +26,7 @@ from bus.runtime import broker
 from bus.settings import KafkaSettings, Settings
 
 RESULTS = Path(__file__).parent / "results"
+SECTIONS = ("cpu", "broker", "adapters")
 
 
 def cpu_figures() -> list[Figure]:
@@ -42,15 +43,25 @@ def cpu_figures() -> list[Figure]:
     return figs
 
 
-async def broker_figures(n: int, runs: int, seconds: float) -> list[Figure]:
-    from bench import ingress
+async def broker_figures(
+    n: int, runs: int, seconds: float, *, core: bool = True, with_adapters: bool = True
+) -> list[Figure]:
+    """Figures that need the broker: raw Kafka and ingress (`core`), and the outbound
+    adapters (`with_adapters`), which use it for the durable e-parcours numbering."""
+    from bench import adapters, ingress
 
+    raw: dict[str, list[float]] = {}
+    loads: list[dict] = []
+    adapter_figs: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="carebus-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), kafka=KafkaSettings(embedded_port=0))
         settings.kafka.bootstrap = os.environ.get("CAREBUS_KAFKA__BOOTSTRAP", "")
         async with broker(settings) as bootstrap:
-            raw = await broker_bench.run(bootstrap, n=n, runs=runs)
-            loads = await ingress.run(bootstrap, settings, seconds=seconds, runs=runs)
+            if core:
+                raw = await broker_bench.run(bootstrap, n=n, runs=runs)
+                loads = await ingress.run(bootstrap, settings, seconds=seconds, runs=runs)
+            if with_adapters:
+                adapter_figs = await adapters.run(runs, bootstrap=bootstrap, kafka=settings.kafka)
     figs = [summarise(f"raw {k} (2 KB, acks=all)", "msgs/s", v) for k, v in raw.items()]
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in loads:
@@ -63,7 +74,7 @@ async def broker_figures(n: int, runs: int, seconds: float) -> list[Figure]:
         bad = [float(sum(n for c, n in r["codes"].items() if c not in ("AA", "202"))) for r in rs]
         if any(bad):
             figs.append(summarise(f"{label}: non-accepted answers", "count", bad))
-    return figs
+    return figs + adapter_figs
 
 
 def main() -> None:
@@ -72,14 +83,35 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-broker", action="store_true")
     parser.add_argument("--seconds", type=float, default=8.0, help="per ingress load step")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable); results then go to a dated file only, "
+        "so latest.* always holds a complete run",
+    )
     args = parser.parse_args()
     import logging
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
-    figures = cpu_figures()
-    if not args.skip_broker:
-        figures += asyncio.run(broker_figures(args.messages, args.runs, args.seconds))
+    only = set(args.only or SECTIONS)
+    figures = cpu_figures() if "cpu" in only else []
+    if args.skip_broker:
+        if "adapters" in only:  # no broker: e-parcours numbering stays in memory
+            from bench import adapters
+
+            figures += asyncio.run(adapters.run(args.runs))
+    elif only & {"broker", "adapters"}:
+        figures += asyncio.run(
+            broker_figures(
+                args.messages,
+                args.runs,
+                args.seconds,
+                core="broker" in only,
+                with_adapters="adapters" in only,
+            )
+        )
 
     table = Table("measure", "median", "min", "max", "unit", "runs", title="CareBus benchmarks")
     for f in figures:
@@ -95,6 +127,11 @@ def main() -> None:
     }
     md = ["| measure | median | min | max | unit | runs |", "|---|---:|---:|---:|---|---:|"]
     md += ["| " + " | ".join(f.row()) + " |" for f in figures]
+    if args.only:
+        name = f"{stamp}-{'-'.join(sorted(only))}"
+        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+        print(f"results: {RESULTS / f'{name}.json'}")
+        return
     for name in ("latest", stamp):
         (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     (RESULTS / "latest.md").write_text("\n".join(md) + "\n")
