@@ -101,3 +101,26 @@ def register(
                 console.print(f"  still invalid: {reason}")
 
         arun(run())
+
+    @app.command()
+    def status() -> None:
+        """Records per topic (dead letters and rejected inputs included) and consumer lag."""
+        from rich.table import Table
+
+        from bus.status import status as read_status
+
+        async def run() -> None:
+            s = settings()
+            async with broker(s) as bootstrap:
+                fills, lags = await read_status(bootstrap, s.kafka)
+            topics = Table("topic", "records kept", title="Topics")
+            for f in fills:
+                style = "red" if f.records and f.topic in ("care.deadletter",) else ""
+                topics.add_row(f.topic, f"{f.records:,}", style=style)
+            console.print(topics)
+            groups = Table("consumer group", "topic", "lag", title="Consumers")
+            for g in lags:
+                groups.add_row(g.group, g.topic, f"{g.lag:,}", style="yellow" if g.lag else "")
+            console.print(groups)
+
+        arun(run())

@@ -58,8 +58,13 @@ async def test_rejected_input_replayed_only_if_now_valid(
     issue = Issue(IssueCode.TRANSIENT, "validator bug, since fixed")
     async with EventProducer(bootstrap, settings.kafka) as producer:
         for raw in (good, bad):
-            out = rejected_input(raw=raw, channel="http", sender="client:test", issues=[issue],
-                                 content_type="application/fhir+json")
+            out = rejected_input(
+                raw=raw,
+                channel="http",
+                sender="client:test",
+                issues=[issue],
+                content_type="application/fhir+json",
+            )
             await producer.send_raw(out.topic, out.key, out.value, out.headers)
     report = await replay(bootstrap, settings.kafka, source="rejected")
     assert report.replayed >= 1
@@ -75,8 +80,47 @@ async def test_refusals_about_rights_or_state_are_not_replayed(
     raw = orjson.dumps(sample_bundle("referral.completed"))
     issue = Issue(IssueCode.BUSINESS_RULE, "illegal transition rejected → completed")
     async with EventProducer(catalog_applied, settings.kafka) as producer:
-        out = rejected_input(raw=raw, channel="http", sender="client:x", issues=[issue],
-                             content_type="application/fhir+json")
+        out = rejected_input(
+            raw=raw,
+            channel="http",
+            sender="client:x",
+            issues=[issue],
+            content_type="application/fhir+json",
+        )
         await producer.send_raw(out.topic, out.key, out.value, out.headers)
     report = await replay(catalog_applied, settings.kafka, source="rejected")
     assert report.skipped >= 1 and report.replayed == 0
+
+
+async def test_status_reports_topics_and_lag(
+    catalog_applied: str, settings: Settings, unique: str
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from bus.status import status
+
+    async with EventProducer(catalog_applied, settings.kafka) as producer:
+        for i in range(3):
+            await producer.publish("care.expertise.events", sample_env(f"case-{unique}", i))
+    group = f"g.status.{unique}"
+    consumer = AIOKafkaConsumer(
+        "care.expertise.events",
+        bootstrap_servers=catalog_applied,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    await consumer.start()
+    for _ in range(50):
+        await consumer.getmany(timeout_ms=200)
+        if consumer.assignment():
+            break
+    await consumer.commit()  # commits the end: zero lag
+    await consumer.stop()
+    async with EventProducer(catalog_applied, settings.kafka) as producer:
+        await producer.publish("care.expertise.events", sample_env(f"case-{unique}", 9))
+    fills, lags = await status(catalog_applied, settings.kafka)
+    assert {f.topic for f in fills} >= {"care.expertise.events", "care.deadletter"}
+    assert next(f for f in fills if f.topic == "care.expertise.events").records >= 4
+    mine = [g for g in lags if g.group == group]
+    assert [(g.topic, g.lag) for g in mine] == [("care.expertise.events", 1)]
