@@ -26,7 +26,7 @@ from bus.runtime import broker
 from bus.settings import KafkaSettings, Settings
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("cpu", "broker", "adapters")
+SECTIONS = ("cpu", "broker", "adapters", "sla")
 
 
 def cpu_figures() -> list[Figure]:
@@ -97,6 +97,10 @@ def main() -> None:
 
     only = set(args.only or SECTIONS)
     figures = cpu_figures() if "cpu" in only else []
+    if "sla" in only:  # SLA scale: 100k and 1M pending deadlines (~3 min, ~1.5 GB)
+        from bench import sla
+
+        figures += [summarise(n, sla.UNITS[n], v) for n, v in sla.run(args.runs).items()]
     if args.skip_broker:
         if "adapters" in only:  # no broker: e-parcours numbering stays in memory
             from bench import adapters

@@ -234,6 +234,18 @@ class RoutingSettings(BaseModel):
     ]
 
 
+class ProcessorsSettings(BaseModel):
+    """The faust worker group. Workers with the same app_id split the partitions; a
+    crashed worker's partitions, and so its pending deadlines, move to the others (or to
+    its restart) only once its session timed out: that bounds how late a deadline can
+    fire after a crash. faust's own default (60 s) is far from the SLA's "within a second".
+    """
+
+    app_id: str = "carebus-processors"  # consumer group, and prefix of the changelog topics
+    session_timeout_s: float = 10.0  # >= the broker's group.min.session.timeout.ms (6 s)
+    heartbeat_interval_s: float = 2.0  # at most a third of the session timeout
+
+
 class Settings(BaseSettings):
     """All of CareBus's configuration. See README "Configuration"."""
 
@@ -253,6 +265,7 @@ class Settings(BaseSettings):
     dmp: DmpSettings = DmpSettings()
     eparcours: EparcoursSettings = EparcoursSettings()
     routing: RoutingSettings = RoutingSettings()
+    processors: ProcessorsSettings = ProcessorsSettings()
     #: SLA policies per event type and priority, business calendar (see docs/sla.md)
     sla: SlaPolicies = Field(default_factory=SlaPolicies)
 

@@ -129,7 +129,9 @@ async def _processors(
         policies=settings.sla,  # type: ignore[arg-type]
         subscriptions=service,
     )
-    await stack.enter_async_context(run_processors(settings, running.bootstrap, ctx))
+    await stack.enter_async_context(
+        run_processors(settings, running.bootstrap, ctx, app_id=settings.processors.app_id)
+    )
     running.endpoints["processors"] = "routing + SLA agents (faust)"
 
 

@@ -179,6 +179,8 @@ def _faust_app(settings: Settings, bootstrap: str, app_id: str) -> faust.App:
         datadir=str(settings.data_dir / "processors"),
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.processors.session_timeout_s,
+        broker_heartbeat_interval=settings.processors.heartbeat_interval_s,
         stream_wait_empty=False,
         autodiscover=False,
         key_serializer="raw",
@@ -287,12 +289,12 @@ def create_app(
             return
         state = CaseState.from_bytes(raw_state)
         now = ctx.clock()
+        fired = next((d for d in state.pending if d.token == token), None)
         new, notices, again = on_due(state, token, now)
         if notices:
             case_parties = _parties(parties.get(case_id))
-            for n in notices:
-                if n.deadline is not None:
-                    LATENESS.observe(max(0.0, (now - n.deadline).total_seconds()))
+            if fired is not None:  # Notice.deadline is the request's due date, not this
+                LATENESS.observe(max(0.0, (now - fired.fire_at).total_seconds()))
             await emit(notices, case_parties, None)  # emitted BEFORE the table write
         for d in again:
             ctx.queue.schedule(case_id, d.fire_at, d.token)
@@ -342,8 +344,12 @@ def create_app(
     @cases.on_recover
     async def rebuild_queue() -> None:
         started = time.perf_counter()
-        states = (CaseState.from_bytes(v) for v in cases.values() if v)
-        count = requeue(ctx.queue, states)
+        count = 0
+        for i, raw in enumerate(list(cases.values())):
+            if raw:
+                count += requeue(ctx.queue, (CaseState.from_bytes(raw),))
+            if i % 5000 == 4999:  # ~0.1 s slices: heartbeats go on during a long rebuild
+                await asyncio.sleep(0)
         PENDING.set(len(ctx.queue))
         log.info(
             "SLA: %d pending deadlines requeued in %.2fs", count, time.perf_counter() - started

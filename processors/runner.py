@@ -38,6 +38,9 @@ async def run_processors(
     app_id: str = "carebus-processors",
     wait: bool = True,
 ) -> AsyncIterator[faust.App]:
+    # faust creates its datadir without parents: on a fresh data dir (external broker,
+    # `carebus run processors`) the worker would die at start with FileNotFoundError
+    (settings.data_dir / "processors").mkdir(parents=True, exist_ok=True)
     await apply_topics(bootstrap, settings.kafka, internal_topics(app_id))
     app = create_app(settings, bootstrap, ctx, app_id=app_id)
     app.finalize()
