@@ -265,14 +265,19 @@ def create_app(
             env = notice_envelope(notice, cause)
             await ctx.producer.publish(SLA_EVENTS.name, env)
             FIRED.labels(notice.event_type.value).inc()
+            notify: tuple[str, ...] = tuple(notice.notify)
+            if notice.recipient:
+                # an ack-reminder is for one recipient: whatever role the case gave them
+                party = next((p for p in case_parties.parties if p.rpps == notice.recipient), None)
+                notify = (party.role,) if party is not None else ()
             decision = route(
                 env,
                 case_parties,
                 ctx.lookup,
-                notify=notice.notify,
+                notify=notify,
                 due=notice.deadline.isoformat() if notice.deadline else "",
             )
-            if notice.recipient:  # an ack-reminder is for one recipient only
+            if notice.recipient:
                 decision.items = [i for i in decision.items if i.recipient.id == notice.recipient]
             await ctx.publish_decision(decision, env)
 
