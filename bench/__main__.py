@@ -48,7 +48,7 @@ async def broker_figures(
 ) -> list[Figure]:
     """Figures that need the broker: raw Kafka and ingress (`core`), and the outbound
     adapters (`with_adapters`), which use it for the durable e-parcours numbering."""
-    from bench import adapters, ingress
+    from bench import adapters, ingress, pipeline
 
     raw: dict[str, list[float]] = {}
     loads: list[dict] = []
@@ -60,6 +60,7 @@ async def broker_figures(
             if core:
                 raw = await broker_bench.run(bootstrap, n=n, runs=runs)
                 loads = await ingress.run(bootstrap, settings, seconds=seconds, runs=runs)
+                adapter_figs += await pipeline.run(bootstrap, settings, runs=runs)
             if with_adapters:
                 adapter_figs = await adapters.run(runs, bootstrap=bootstrap, kafka=settings.kafka)
     figs = [summarise(f"raw {k} (2 KB, acks=all)", "msgs/s", v) for k, v in raw.items()]

@@ -117,35 +117,41 @@ class Processors:
     tick_interval_s: float = 0.2
 
     async def publish_decision(self, decision: Decision, cause: Envelope) -> None:
-        """Work items to their channel topics. An unresolved recipient is never dropped:
-        the event is dead-lettered with the reason (replayable once the directory is
-        fixed) and a delivery.failed alert goes to the coordinator."""
-        batch = [(DELIVERY_TOPIC[i.channel], i.envelope()) for i in decision.items]
-        for miss in decision.unresolved:
-            UNRESOLVED.labels(miss.role).inc()
-            reason = f"{UNRESOLVED_TOPIC_REASON}: {miss.role} {miss.who}: {miss.reason}"
-            key, value, headers = cause.encode()
-            out = dead_letter(
-                topic=topic_for(cause.type),
-                partition=-1,
-                offset=-1,
-                key=key,
-                value=value,
-                headers=headers,
-                group="carebus-routing",
-                attempts=1,
-                reason=reason,
-            )
-            await self.producer.send_raw(out.topic, out.key, out.value, out.headers)
-            if miss.role != ROLE_COORDINATOR and cause.type != EventType.DELIVERY_FAILED:
-                alert = unresolved_alert(cause, miss.role, miss.who, reason)
-                batch.append((DELIVERY_STATUS.name, alert))
+        await self.publish_decisions([(decision, cause)])
+
+    async def publish_decisions(self, decisions: Sequence[tuple[Decision, Envelope]]) -> None:
+        """Work items to their channel topics, in one pipelined write. An unresolved
+        recipient is never dropped: the event is dead-lettered with the reason (replayable
+        once the directory is fixed) and a delivery.failed alert goes to the coordinator."""
+        batch: list[tuple[str, Envelope]] = []
+        for decision, cause in decisions:
+            batch += [(DELIVERY_TOPIC[i.channel], i.envelope()) for i in decision.items]
+            for miss in decision.unresolved:
+                UNRESOLVED.labels(miss.role).inc()
+                reason = f"{UNRESOLVED_TOPIC_REASON}: {miss.role} {miss.who}: {miss.reason}"
+                key, value, headers = cause.encode()
+                out = dead_letter(
+                    topic=topic_for(cause.type),
+                    partition=-1,
+                    offset=-1,
+                    key=key,
+                    value=value,
+                    headers=headers,
+                    group="carebus-routing",
+                    attempts=1,
+                    reason=reason,
+                )
+                await self.producer.send_raw(out.topic, out.key, out.value, out.headers)
+                if miss.role != ROLE_COORDINATOR and cause.type != EventType.DELIVERY_FAILED:
+                    alert = unresolved_alert(cause, miss.role, miss.who, reason)
+                    batch.append((DELIVERY_STATUS.name, alert))
+            for line in decision.audit:
+                log.info("consent: %s", line)
         if batch:
             await self.producer.publish_many(batch)
-        for item in decision.items:
-            ROUTED.labels(item.channel.value).inc()
-        for line in decision.audit:
-            log.info("consent: %s", line)
+        for decision, _ in decisions:
+            for item in decision.items:
+                ROUTED.labels(item.channel.value).inc()
 
 
 def internal_topics(app_id: str) -> list[TopicSpec]:
@@ -242,21 +248,39 @@ def create_app(
 
     @app.agent(inbound, name="route")
     async def route_agent(stream: faust.Stream) -> None:
-        async for events in stream.take_events(200, within=0.02):
+        # Decide for a whole batch, then write all its work items in one pipelined
+        # publish (one acks=all round trip per batch, not per event); a batch that cannot
+        # be written is retried event by event (guarded), then dead-lettered.
+        async for events in stream.take_events(500, within=0.02):
+            routed: list[tuple[Any, Envelope, Decision]] = []
             for event in events:
                 msg = event.message
-                await guarded("route", msg, lambda msg=msg: route_one(msg))
+                try:
+                    found = decide(msg)
+                except (ValueError, KeyError, TypeError) as exc:
+                    await poison("route", msg, exc)
+                    continue
+                if found is not None:
+                    routed.append((msg, *found))
+            try:
+                await ctx.publish_decisions([(d, env) for _, env, d in routed])
+            except Exception:  # noqa: BLE001 - fall back to one event at a time
+                for msg, env, decision in routed:
+                    await guarded(
+                        "route", msg, lambda e=env, d=decision: ctx.publish_decision(d, e)
+                    )
+            for _, env, _ in routed:
+                ctx.dedup.mark(env.id)
 
-    async def route_one(msg: Any) -> None:
+    def decide(msg: Any) -> tuple[Envelope, Decision] | None:
         env = Envelope.decode(msg.key, msg.value, msg.headers or [])
         if ctx.dedup.seen(env.id) and not is_replayed(env.extra_headers):
-            return
+            return None
         read = read_event(env)
         decision = route(
             env, read.parties, ctx.lookup, documents=read.documents, subscriptions=ctx.subscriptions
         )
-        await ctx.publish_decision(decision, env)
-        ctx.dedup.mark(env.id)
+        return env, decision
 
     async def emit(
         notices: Sequence[Notice], case_parties: CaseParties, cause: Envelope | None

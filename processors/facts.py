@@ -57,10 +57,22 @@ def read_event(env: Envelope) -> Read:
         planned_at=planned,
         recipients=recipients,
     )
-    docs: tuple[str, ...] = ()
-    if et.inbound:
-        docs = tuple(d.doc_type for d in view.documents())
+    docs = doc_types(view) if et.inbound else ()
     return Read(et, view, parties, facts, docs)
+
+
+def doc_types(view: BundleView) -> tuple[str, ...]:
+    """LOINC types of the documents an event carries, without decoding their content
+    (routing only needs the types; the adapters decode and check the bytes they send)."""
+    out = []
+    for res in view.resources:
+        if res.get("resourceType") != "DocumentReference":
+            continue
+        for coding in (res.get("type") or {}).get("coding", []) or []:
+            if coding.get("system") == "http://loinc.org" and coding.get("code"):
+                out.append(str(coding["code"]))
+                break
+    return tuple(out)
 
 
 def _read_by(view: BundleView) -> list[str]:
