@@ -476,11 +476,11 @@ async def test_kill_restart_mid_deadline_fires_once_on_time(
     """SIGKILL the only worker while a reminder is pending; its successor recovers the SLA
     table and fires the reminder and the escalation once each, on time.
 
-    The reminder is due 12 s after the request: the crash is detected after the 6 s
+    The reminder is due 20 s after the request: the crash is detected after the 6 s
     session timeout, the successor needs a few seconds to start, and the deadline must
     still be ahead of it so that "on time" is measured, not "caught up".
     """
-    policy = {"due_s": 12, "escalate_s": 3, "followup_s": 60}
+    policy = {"due_s": 20, "escalate_s": 3, "followup_s": 60}
     workers = spawn(toml(**policy))
     first = await workers.start("first")
     await first.ready()
@@ -562,7 +562,7 @@ async def test_kill_one_of_two_survivor_fires_its_deadlines_once(
 ) -> None:
     """SIGKILL one of two workers while its cases have deadlines pending: the survivor
     takes its partitions, recovers their SLA state and fires each deadline once."""
-    policy = {"due_s": 12, "escalate_s": 3, "followup_s": 12}
+    policy = {"due_s": 20, "escalate_s": 3, "followup_s": 20}
     workers = spawn(toml(**policy))
     a, b = await asyncio.gather(workers.start("a"), workers.start("b"))
     await asyncio.gather(a.ready(), b.ready())
