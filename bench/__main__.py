@@ -133,9 +133,9 @@ def main() -> None:
     md = ["| measure | median | min | max | unit | runs |", "|---|---:|---:|---:|---|---:|"]
     md += ["| " + " | ".join(f.row()) + " |" for f in figures]
     if args.only:
-        name = f"{stamp}-{'-'.join(sorted(only))}"
-        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))
-        print(f"results: {RESULTS / f'{name}.json'}")
+        partial = RESULTS / f"{stamp}-{'-'.join(sorted(only))}.json"
+        partial.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+        print(f"results: {partial}")
         return
     for name in ("latest", stamp):
         (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False))

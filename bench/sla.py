@@ -284,5 +284,5 @@ def run(runs: int = 3, sizes: tuple[int, ...] = (100_000, 1_000_000)) -> dict[st
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m bench.sla` prints the figures
-    for name, values in run().items():
-        print(f"{name}: {[round(v, 3) for v in values]} {UNITS[name]}")
+    for measure, values in run().items():
+        print(f"{measure}: {[round(v, 3) for v in values]} {UNITS[measure]}")
