@@ -8,48 +8,24 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from bus.deadletter import header_text
-from bus.producer import EventProducer
 from bus.settings import Settings
 from processors.app import Processors
-from processors.runner import run_processors
 from processors.sla.policy import DischargePolicy, SlaPolicies
 from schemas.codes import EventType
 from schemas.envelope import Envelope
-from schemas.events import build_event
 from schemas.samples import expertise_info, referral_info, stay_info
 from schemas.topics import DEAD_LETTER, DELIVERY_MSSANTE, SLA_EVENTS, topic_for
-from schemas.validate import validate_message
 from schemas.workitem import WorkItem
+from tests.integration.processors_support import (
+    envelope,
+    processors_running,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-
-
-@dataclasses.dataclass
-class Pro:
-    mailbox: str | None
-
-
-@dataclasses.dataclass
-class Territory:
-    id: str = "cpts-bords-allier"
-    name: str = "CPTS des Bords d'Allier"
-    coordinator_name: str = "Coordination CPTS"
-    coordinator_mailbox: str = "coordination@cpts-ba.mssante.fr"
-
-
-class Lookup:
-    """The directory as routing sees it (the real one is a compacted-topic table)."""
-
-    def practitioner(self, rpps: str) -> Pro | None:
-        return None  # mailboxes come from the messages in these tests
-
-    def territory_for(self, finess: str | None, postcode: str | None) -> Territory | None:
-        return Territory() if (finess or postcode) else None
 
 
 def policies() -> SlaPolicies:
@@ -61,26 +37,8 @@ def policies() -> SlaPolicies:
 
 @pytest.fixture
 async def processors(catalog_applied: str, settings: Settings) -> AsyncIterator[Processors]:
-    producer = EventProducer(catalog_applied, settings.kafka)
-    await producer.start()
-    ctx = Processors(producer=producer, lookup=Lookup(), policies=policies(), tick_interval_s=0.1)
-    app_id = f"test-processors-{uuid.uuid4().hex[:6]}"
-    async with run_processors(settings, catalog_applied, ctx, app_id=app_id):
+    async with processors_running(catalog_applied, settings, policies(), "test-processors") as ctx:
         yield ctx
-    await producer.stop()
-
-
-def envelope(et: EventType, info: object) -> Envelope:
-    bundle = build_event(et, info, timestamp=datetime.now(UTC))
-    msg = validate_message(orjson.dumps(bundle))
-    return Envelope(
-        id=msg.event_id,
-        type=et.value,
-        source="urn:test",
-        subject=msg.case_id,
-        data=msg.raw,
-        time=msg.timestamp,
-    )
 
 
 async def publish(ctx: Processors, *envs: Envelope) -> None:

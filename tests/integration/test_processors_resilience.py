@@ -53,11 +53,10 @@ from bus.settings import Settings
 from processors.app import internal_topics
 from schemas.codes import EventType
 from schemas.envelope import Envelope
-from schemas.events import build_event
 from schemas.samples import referral_info, stay_info
 from schemas.topics import DELIVERY_MSSANTE, REFERRAL_EVENTS, SLA_EVENTS, STAY_EVENTS, topic_for
-from schemas.validate import validate_message
 from schemas.workitem import WorkItem
+from tests.integration.processors_support import envelope
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -372,20 +371,6 @@ async def committed_past(
 
 
 # --- events ------------------------------------------------------------------------------
-
-
-def envelope(et: EventType, info: object) -> Envelope:
-    """An event as the ingress would publish it (validated Bundle, case id as key)."""
-    bundle = build_event(et, info, timestamp=datetime.now(UTC))
-    msg = validate_message(orjson.dumps(bundle))
-    return Envelope(
-        id=msg.event_id,
-        type=et.value,
-        source="urn:test",
-        subject=msg.case_id,
-        data=msg.raw,
-        time=msg.timestamp,
-    )
 
 
 def urgent_referral() -> Envelope:

@@ -12,10 +12,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from bus.producer import EventProducer
 from bus.settings import Settings
 from processors.app import Processors
-from processors.runner import run_processors
 from processors.sla.policy import DischargePolicy, SlaPolicies
 from schemas.cases import case_ref
 from schemas.codes import EventType
@@ -24,15 +22,8 @@ from schemas.events import build_event
 from schemas.model import BusNoticeInfo
 from schemas.samples import expertise_info, referral_info
 from schemas.topics import DELIVERY_MSSANTE, SLA_EVENTS
-from tests.integration.test_processors import (
-    Lookup,
-    collect,
-    envelope,
-    items,
-    publish,
-    stay,
-    types,
-)
+from tests.integration.processors_support import envelope, processors_running
+from tests.integration.test_processors import collect, items, publish, stay, types
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -48,14 +39,8 @@ def policies() -> SlaPolicies:
 
 @pytest.fixture
 async def processors(catalog_applied: str, settings: Settings) -> AsyncIterator[Processors]:
-    producer = EventProducer(catalog_applied, settings.kafka)
-    await producer.start()
-    ctx = Processors(producer=producer, lookup=Lookup(), policies=policies(), tick_interval_s=0.1)
-    async with run_processors(
-        settings, catalog_applied, ctx, app_id=f"test-sla-{uuid.uuid4().hex[:6]}"
-    ):
+    async with processors_running(catalog_applied, settings, policies(), "test-sla") as ctx:
         yield ctx
-    await producer.stop()
 
 
 async def test_routine_referral_reminded_then_escalated(processors, catalog_applied) -> None:

@@ -1,0 +1,76 @@
+"""Shared by the processor tests: events as the ingress publishes them, the directory as
+routing sees it, and the faust processors run in-process with given SLA policies."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import orjson
+
+from bus.producer import EventProducer
+from bus.settings import Settings
+from processors.app import Processors
+from processors.runner import run_processors
+from processors.sla.policy import SlaPolicies
+from schemas.codes import EventType
+from schemas.envelope import Envelope
+from schemas.events import build_event
+from schemas.validate import validate_message
+
+
+@dataclasses.dataclass
+class Pro:
+    mailbox: str | None
+
+
+@dataclasses.dataclass
+class Territory:
+    id: str = "cpts-bords-allier"
+    name: str = "CPTS des Bords d'Allier"
+    coordinator_name: str = "Coordination CPTS"
+    coordinator_mailbox: str = "coordination@cpts-ba.mssante.fr"
+
+
+class Lookup:
+    """The directory as routing sees it (the real one is a compacted-topic table)."""
+
+    def practitioner(self, rpps: str) -> Pro | None:
+        return None  # mailboxes come from the messages in these tests
+
+    def territory_for(self, finess: str | None, postcode: str | None) -> Territory | None:
+        return Territory() if (finess or postcode) else None
+
+
+def envelope(et: EventType, info: object) -> Envelope:
+    """An event as the ingress would publish it (validated Bundle, case id as key)."""
+    bundle = build_event(et, info, timestamp=datetime.now(UTC))
+    msg = validate_message(orjson.dumps(bundle))
+    return Envelope(
+        id=msg.event_id,
+        type=et.value,
+        source="urn:test",
+        subject=msg.case_id,
+        data=msg.raw,
+        time=msg.timestamp,
+    )
+
+
+@contextlib.asynccontextmanager
+async def processors_running(
+    bootstrap: str, settings: Settings, policies: SlaPolicies, prefix: str
+) -> AsyncIterator[Processors]:
+    """The faust processors in this process, own app id (consumer group) per test."""
+    producer = EventProducer(bootstrap, settings.kafka)
+    await producer.start()
+    try:
+        ctx = Processors(producer=producer, lookup=Lookup(), policies=policies, tick_interval_s=0.1)
+        async with run_processors(
+            settings, bootstrap, ctx, app_id=f"{prefix}-{uuid.uuid4().hex[:6]}"
+        ):
+            yield ctx
+    finally:
+        await producer.stop()
