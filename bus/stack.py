@@ -23,6 +23,7 @@ from bus.settings import Settings
 
 if TYPE_CHECKING:
     from adapters.eparcours.service import SubscriptionService
+    from processors.consent import ConsentRegistry
 
 log = logging.getLogger("carebus.stack")
 
@@ -83,6 +84,7 @@ async def run_stack(settings: Settings, roles: tuple[str, ...] = ROLES) -> Async
     if unknown:
         raise ValueError(f"unknown role(s) {sorted(unknown)}; roles are {', '.join(ROLES)}")
     from adapters.eparcours.deliver import build_service
+    from processors.consent import ConsentFeed
     from processors.directory.feed import DirectoryFeed
     from processors.directory.model import Directory, territory_from_settings
 
@@ -103,7 +105,14 @@ async def run_stack(settings: Settings, roles: tuple[str, ...] = ROLES) -> Async
             await feed.start()
             stack.push_async_callback(feed.stop)
             await feed.ready()
-            await _processors(stack, settings, running, producer, service, directory)
+            # consent: patients' recorded decisions, folded the same way
+            consents = ConsentFeed(bootstrap, settings.kafka)
+            await consents.start()
+            stack.push_async_callback(consents.stop)
+            await consents.ready()
+            await _processors(
+                stack, settings, running, producer, service, directory, consents.registry
+            )
         if "adapters" in roles:
             await _adapters(stack, settings, running, producer, service)
         if "ingress" in roles:
@@ -119,6 +128,7 @@ async def _processors(
     producer: EventProducer,
     service: SubscriptionService,
     directory: object,
+    consents: ConsentRegistry,
 ) -> None:
     from processors.app import Processors
     from processors.runner import run_processors
@@ -128,6 +138,7 @@ async def _processors(
         lookup=directory,
         policies=settings.sla,  # type: ignore[arg-type]
         subscriptions=service,
+        consents=consents,
     )
     await stack.enter_async_context(
         run_processors(settings, running.bootstrap, ctx, app_id=settings.processors.app_id)

@@ -23,36 +23,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from adapters.bundle_view import extension
-from bus.deadletter import dead_letter, dead_letter_of, is_replayed
-from bus.dedup import Deduplicator
+from bus.deadletter import dead_letter_of, is_replayed
 from bus.metrics import REGISTRY
-from bus.producer import EventProducer
-from bus.settings import Settings
+from bus.settings import KafkaSettings, Settings
+from processors.context import (
+    Processors,
+    with_consent,
+)
 from processors.facts import Read, read_event
 from processors.notices import notice_envelope
-from processors.routing.parties import ROLE_COORDINATOR, CaseParties
-from processors.routing.rules import Decision, Lookup, Subscriptions, route
+from processors.routing.parties import CaseParties
+from processors.routing.rules import Decision, route
 from processors.sla.machine import Notice, on_due, on_event
-from processors.sla.policy import SlaPolicies
-from processors.sla.scheduler import DeadlineQueue, requeue
+from processors.sla.scheduler import requeue
 from processors.sla.state import CaseState
 from schemas.builders.common import EXT_RECIPIENT_ID
-from schemas.cases import case_ref
 from schemas.codes import EventType
 from schemas.envelope import Envelope
-from schemas.events import build_event
-from schemas.model import BusNoticeInfo
 from schemas.topics import (
     DELIVERY_STATUS,
     EXPERTISE_EVENTS,
@@ -61,21 +55,10 @@ from schemas.topics import (
     SLA_TICKS,
     STAY_EVENTS,
     TopicSpec,
-    topic_for,
 )
-from schemas.workitem import Channel
 
 log = logging.getLogger("carebus.processors")
 
-ROUTED = Counter(
-    "carebus_routed_work_items_total", "Work items routed", ["channel"], registry=REGISTRY
-)
-UNRESOLVED = Counter(
-    "carebus_routing_unresolved_total",
-    "Recipients routing could not resolve",
-    ["role"],
-    registry=REGISTRY,
-)
 FIRED = Counter(
     "carebus_sla_notices_total", "SLA notices emitted", ["event_type"], registry=REGISTRY
 )
@@ -95,64 +78,6 @@ POISON = Counter(
     registry=REGISTRY,
 )
 
-DELIVERY_TOPIC = {
-    Channel.MSSANTE: "care.delivery.mssante",
-    Channel.DMP: "care.delivery.dmp",
-    Channel.EPARCOURS: "care.delivery.eparcours",
-}
-UNRESOLVED_TOPIC_REASON = "recipient unresolved"
-
-
-@dataclass
-class Processors:
-    """What the agents need from the outside (injected: tests and `carebus up` differ)."""
-
-    producer: EventProducer
-    lookup: Lookup
-    policies: SlaPolicies
-    subscriptions: Subscriptions | None = None
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-    queue: DeadlineQueue = field(default_factory=DeadlineQueue)
-    dedup: Deduplicator = field(default_factory=lambda: Deduplicator(200_000))
-    tick_interval_s: float = 0.2
-
-    async def publish_decision(self, decision: Decision, cause: Envelope) -> None:
-        await self.publish_decisions([(decision, cause)])
-
-    async def publish_decisions(self, decisions: Sequence[tuple[Decision, Envelope]]) -> None:
-        """Work items to their channel topics, in one pipelined write. An unresolved
-        recipient is never dropped: the event is dead-lettered with the reason (replayable
-        once the directory is fixed) and a delivery.failed alert goes to the coordinator."""
-        batch: list[tuple[str, Envelope]] = []
-        for decision, cause in decisions:
-            batch += [(DELIVERY_TOPIC[i.channel], i.envelope()) for i in decision.items]
-            for miss in decision.unresolved:
-                UNRESOLVED.labels(miss.role).inc()
-                reason = f"{UNRESOLVED_TOPIC_REASON}: {miss.role} {miss.who}: {miss.reason}"
-                key, value, headers = cause.encode()
-                out = dead_letter(
-                    topic=topic_for(cause.type),
-                    partition=-1,
-                    offset=-1,
-                    key=key,
-                    value=value,
-                    headers=headers,
-                    group="carebus-routing",
-                    attempts=1,
-                    reason=reason,
-                )
-                await self.producer.send_raw(out.topic, out.key, out.value, out.headers)
-                if miss.role != ROLE_COORDINATOR and cause.type != EventType.DELIVERY_FAILED:
-                    alert = unresolved_alert(cause, miss.role, miss.who, reason)
-                    batch.append((DELIVERY_STATUS.name, alert))
-            for line in decision.audit:
-                log.info("consent: %s", line)
-        if batch:
-            await self.producer.publish_many(batch)
-        for decision, _ in decisions:
-            for item in decision.items:
-                ROUTED.labels(item.channel.value).inc()
-
 
 def internal_topics(app_id: str) -> list[TopicSpec]:
     """The faust changelog topics, declared by us with the right partition count before
@@ -171,10 +96,29 @@ def internal_topics(app_id: str) -> list[TopicSpec]:
     ]
 
 
+def faust_broker_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """The same connection security as `KafkaSettings.client_options()` (aiokafka), in
+    faust's terms: SASL (PLAIN, SCRAM-SHA-256/512) with or without TLS, or TLS alone
+    (mutual TLS when a client certificate is configured)."""
+    opts: dict[str, Any] = {"broker_client_id": kafka.client_id}
+    protocol = kafka.security_protocol
+    if protocol.startswith("SASL"):
+        opts["broker_credentials"] = faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism or "PLAIN",
+            ssl_context=kafka.ssl_context() if protocol == "SASL_SSL" else None,
+        )
+    elif protocol == "SSL":
+        opts["broker_credentials"] = faust.SSLCredentials(kafka.ssl_context())
+    return opts
+
+
 def _faust_app(settings: Settings, bootstrap: str, app_id: str) -> faust.App:
     return faust.App(
         app_id,
-        broker=f"kafka://{bootstrap}",
+        broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",") if b.strip()],
+        **faust_broker_options(settings.kafka),
         store="memory://",
         web_enabled=False,
         producer_acks=-1,
@@ -278,7 +222,11 @@ def create_app(
             return None
         read = read_event(env)
         decision = route(
-            env, read.parties, ctx.lookup, documents=read.documents, subscriptions=ctx.subscriptions
+            env,
+            with_consent(read, ctx.consents),
+            ctx.lookup,
+            documents=read.documents,
+            subscriptions=ctx.subscriptions,
         )
         return env, decision
 
@@ -403,24 +351,3 @@ def _from_coordinator(read: Read) -> bool:
     """A failed alert to the coordinator must not alert the coordinator again (no loop)."""
     ext = extension(read.view.focus, EXT_RECIPIENT_ID) or {}
     return str(ext.get("valueString", "")).startswith("territory/")
-
-
-def unresolved_alert(cause: Envelope, role: str, who: str, reason: str) -> Envelope:
-    """delivery.failed about a recipient routing could not resolve (id derived: idempotent)."""
-    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{cause.id}|unresolved|{role}|{who}"))
-    info = BusNoticeInfo(
-        about=case_ref(cause.subject),
-        text=f"Destinataire introuvable ({reason})"[:500],
-        about_event=cause.id,
-        recipient_id=who or role,
-        channel="mssante",  # the channel the recipient could not be reached on
-    )
-    bundle = build_event(
-        EventType.DELIVERY_FAILED, info, event_id=event_id, timestamp=datetime.now(UTC)
-    )
-    return cause.caused(
-        id=event_id,
-        type=EventType.DELIVERY_FAILED.value,
-        source="urn:carebus:bus",
-        data=orjson.dumps(bundle),
-    )

@@ -11,8 +11,13 @@ and in processors that re-key bus notices.
 
 from __future__ import annotations
 
-from schemas.codes import EventType
+import hashlib
+
+from schemas.codes import INS_SYSTEMS, EventType
 from schemas.model import CaseRef
+
+#: system of the patient pseudonym that keys consent decisions (see `patient_key`)
+PATIENT_KEY_SYSTEM = "urn:carebus:patient-key"
 
 #: case family of the resource type a case is about (bus notices name it in about.type)
 FOCUS_FAMILY: dict[str, str] = {
@@ -84,6 +89,49 @@ def focus_entry(bundle: dict) -> tuple[int, dict]:
     )
 
 
+def patient_key(system: str, value: str) -> str:
+    """A stable pseudonym of a patient's INS, used as the consent topic key.
+
+    Keeps the national identifier out of Kafka keys, partition logs, dead-letter reasons
+    and audit records, while every worker derives the same key from an event's INS. It
+    is a pseudonym (the NIR space is small enough to enumerate), not anonymisation: the
+    topic itself stays as protected as any topic carrying patient data.
+    """
+    return hashlib.sha256(f"{system}|{value}".encode()).hexdigest()[:32]
+
+
+def patient_keys(bundle: dict) -> list[str]:
+    """Pseudonyms of every INS carried by the Patient entries of a Bundle."""
+    keys = []
+    for entry in bundle.get("entry") or ():
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and res.get("resourceType") == "Patient":
+            keys += _ins_keys(res)
+    return keys
+
+
+def _ins_keys(patient: dict) -> list[str]:
+    keys = []
+    for ident in patient.get("identifier") or ():
+        if isinstance(ident, dict):
+            system, value = ident.get("system"), ident.get("value")
+            if system in INS_SYSTEMS and isinstance(value, str) and value:
+                keys.append(patient_key(system, value))
+    return keys
+
+
+def _consent_case(bundle: dict, consent: dict, where: str) -> str:
+    """A consent's case is its patient: the latest decision per patient is what counts."""
+    reference = consent.get("patient", {}).get("reference") if isinstance(consent, dict) else None
+    for entry in bundle.get("entry") or ():
+        if isinstance(entry, dict) and reference and entry.get("fullUrl") == reference:
+            res = entry.get("resource")
+            keys = _ins_keys(res) if isinstance(res, dict) else []
+            if keys:
+                return format_case_id("consent", PATIENT_KEY_SYSTEM, keys[0])
+    raise CaseIdError("a consent names its patient, who needs an INS", f"{where}.patient")
+
+
 def case_id(event_type: EventType | str, bundle: dict) -> str:
     """The case id of a message Bundle; raises CaseIdError when it cannot be derived."""
     event = EventType(event_type)
@@ -102,6 +150,10 @@ def case_id(event_type: EventType | str, bundle: dict) -> str:
             ident = based.get("identifier") if isinstance(based, dict) else None
             system, value = _identifier(ident, f"{where}.basedOn[0].identifier")
         return format_case_id(family, system, value)
+    if family == "consent":
+        if not isinstance(res.get("patient"), dict):
+            raise CaseIdError("Consent.patient is missing: it names the case", f"{where}.patient")
+        return _consent_case(bundle, res, where)
     about = _first(res, "about", where)
     kind = about.get("type") if isinstance(about, dict) else None
     if not isinstance(kind, str) or kind not in FOCUS_FAMILY:

@@ -72,6 +72,7 @@ class EventType(StrEnum):
     EXPERTISE_REQUESTED = "expertise.requested"
     EXPERTISE_ANSWERED = "expertise.answered"
     EXPERTISE_DECLINED = "expertise.declined"
+    CONSENT_UPDATED = "consent.updated"
     # emitted by the bus itself
     SLA_REMINDER = "sla.reminder"
     SLA_ESCALATED = "sla.escalated"
@@ -84,7 +85,7 @@ class EventType(StrEnum):
 
     @property
     def family(self) -> str:
-        """The case family: referral, stay, expertise, or bus (bus-emitted notices)."""
+        """The case family: referral, stay, expertise, consent, or bus (bus-emitted notices)."""
         return EVENT_FAMILY[self]
 
     @property
@@ -97,6 +98,7 @@ EVENT_FAMILY: dict[EventType, str] = {
     **{e: "referral" for e in EventType if e.value.startswith("referral.")},
     **{e: "stay" for e in EventType if e.value.startswith(("admission.", "discharge."))},
     **{e: "expertise" for e in EventType if e.value.startswith("expertise.")},
+    EventType.CONSENT_UPDATED: "consent",
 }
 for _e in (
     EventType.SLA_REMINDER,
@@ -125,6 +127,7 @@ EVENT_DISPLAY: dict[EventType, str] = {
     EventType.EXPERTISE_REQUESTED: "Demande de téléexpertise",
     EventType.EXPERTISE_ANSWERED: "Réponse de téléexpertise",
     EventType.EXPERTISE_DECLINED: "Téléexpertise déclinée",
+    EventType.CONSENT_UPDATED: "Opposition au partage (enregistrée ou levée)",
     EventType.SLA_REMINDER: "Relance",
     EventType.SLA_ESCALATED: "Escalade",
     EventType.SLA_BREACHED: "Délai dépassé",

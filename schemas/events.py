@@ -15,8 +15,9 @@ from schemas import builders as b
 from schemas.builders.expertise import EXPERTISE_STATUS
 from schemas.builders.stay import STAY_STATUS
 from schemas.codes import EventType
+from schemas.consent_rules import consent_rule
 from schemas.message_rules import expertise_rule, notice_rule, referral_rule, stay_rule
-from schemas.model import BusNoticeInfo, ExpertiseInfo, ReferralInfo, StayInfo
+from schemas.model import BusNoticeInfo, ConsentInfo, ExpertiseInfo, ReferralInfo, StayInfo
 from schemas.rules import RuleContext
 from schemas.task_states import EVENT_TARGET_STATUS
 
@@ -111,6 +112,14 @@ def _specs() -> dict[EventType, EventSpec]:
             ExpertiseInfo,
             EXPERTISE_STATUS[event],
         )
+    specs[EventType.CONSENT_UPDATED] = EventSpec(
+        EventType.CONSENT_UPDATED,
+        "Consent",
+        frozenset({"Consent", "Patient"}),
+        b.build_consent_updated,
+        consent_rule,
+        ConsentInfo,
+    )
     for event, builder in _NOTICE_BUILDERS.items():
         specs[event] = EventSpec(
             event, "Communication", _NOTICE, builder, notice_rule, BusNoticeInfo, "completed"

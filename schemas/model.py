@@ -25,6 +25,7 @@ Channel = Literal["mssante", "dmp", "eparcours", "sms", "phone"]
 #: producer should pass its own system (an OID or URL it controls) so case ids are unique.
 REFERRAL_ID_SYSTEM = f"{CAREBUS_BASE}/sid/referral"
 EXPERTISE_ID_SYSTEM = f"{CAREBUS_BASE}/sid/expertise"
+CONSENT_ID_SYSTEM = f"{CAREBUS_BASE}/sid/consent"
 
 _RPPS_RE = re.compile(r"\d{11}")
 _FINESS_RE = re.compile(r"[0-9A-Z]{9}")
@@ -195,6 +196,29 @@ class ExpertiseInfo:
     decline_reason: str | None = None
     authored_on: datetime | None = None
     expertise_system: str = EXPERTISE_ID_SYSTEM
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentInfo:
+    """A patient's decision about sharing, as recorded by a professional or a facility.
+
+    `opposes_sharing=True` records an opposition to filing in the shared record and to
+    platform notifications; False lifts a previous one. `author` (a practitioner) or
+    `organization` (a facility, e.g. from its admission office) recorded it: at least
+    one is required, it becomes the MessageHeader sender.
+    """
+
+    consent_id: str
+    patient: PatientInfo
+    opposes_sharing: bool
+    recorded_at: datetime
+    author: PractitionerInfo | None = None
+    organization: OrganizationInfo | None = None
+    consent_system: str = CONSENT_ID_SYSTEM
+
+    def __post_init__(self) -> None:
+        _need(self.author is not None or self.organization is not None, "who recorded it?")
+        _need(bool(self.patient.ins), "a consent is about a patient identified by INS")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

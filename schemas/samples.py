@@ -17,6 +17,7 @@ from schemas.model import (
     REFERRAL_ID_SYSTEM,
     BusNoticeInfo,
     CaseRef,
+    ConsentInfo,
     DocumentInfo,
     ExpertiseInfo,
     ReferralInfo,
@@ -91,6 +92,17 @@ def stay_info() -> StayInfo:
         declared_gp=GP,
         care_team=(HOSPITALIST, NURSE),
         letter=_doc(DocType.DISCHARGE_LETTER, "Lettre de liaison de sortie", DISCHARGE_LETTER, "3"),
+    )
+
+
+def consent_info(*, opposes_sharing: bool = True) -> ConsentInfo:
+    """The patient tells the GP they oppose sharing (or lift it)."""
+    return ConsentInfo(
+        consent_id="OPP-2025-0007",
+        patient=PATIENT,
+        opposes_sharing=opposes_sharing,
+        recorded_at=T0 - timedelta(days=1),
+        author=GP,
     )
 
 
@@ -206,6 +218,8 @@ def sample_info(event: EventType | str) -> object:
         return stay_info()
     if family == "expertise":
         return expertise_info()
+    if family == "consent":
+        return consent_info()
     return notice_info(event)
 
 

@@ -63,6 +63,25 @@ EXPERTISE_EVENTS = TopicSpec(
     key="case id (expertise)",
     event_types=(_E.EXPERTISE_REQUESTED, _E.EXPERTISE_ANSWERED, _E.EXPERTISE_DECLINED),
 )
+CONSENT_EVENTS = TopicSpec(
+    "care.consent.events",
+    "Patients' sharing decisions (opposition recorded or lifted), latest per patient.",
+    key="patient pseudonym (case id consent/…)",
+    partitions=3,
+    cleanup_policy="compact",
+    retention_ms=-1,
+    event_types=(_E.CONSENT_UPDATED,),
+    # superseded decisions stay readable for a year before compaction removes them
+    extra_config=(("min.compaction.lag.ms", str(365 * DAY_MS)),),
+)
+ROUTING_AUDIT = TopicSpec(
+    "care.routing.audit",
+    "Why routing withheld a delivery (consent, no INS): one record per decision, no patient "
+    "data.",
+    key="case id",
+    partitions=3,
+    retention_ms=365 * DAY_MS,
+)
 SLA_EVENTS = TopicSpec(
     "care.sla.events",
     "Deadlines that fired: reminders, escalations, breaches, late discharge notices, J+7.",
@@ -137,6 +156,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     REFERRAL_EVENTS,
     STAY_EVENTS,
     EXPERTISE_EVENTS,
+    CONSENT_EVENTS,
     SLA_EVENTS,
     SLA_TICKS,
     DELIVERY_STATUS,
@@ -147,6 +167,7 @@ CATALOG: tuple[TopicSpec, ...] = (
     DEAD_LETTER,
     DIRECTORY,
     SUBSCRIPTIONS,
+    ROUTING_AUDIT,
 )
 
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in CATALOG}

@@ -96,6 +96,14 @@ def clinical_facts(event: EventType, view: BundleView) -> tuple[str, str]:
     Pt = pt.capitalize()
     focus = view.focus
     reason = quote(_text(focus.get("statusReason")))
+    if event.family == "consent":  # not routed to mail today; worded for completeness
+        denied = (focus.get("provision") or {}).get("type") == "deny"
+        return (
+            f"{who} a enregistré "
+            + ("l'opposition" if denied else "la levée de l'opposition")
+            + f" de {pt} au partage de ses données (DMP, plateformes régionales).",
+            "respecter ce choix pour les partages à venir",
+        )
     if event.family == "referral":
         sr = view.resolve(focus.get("focus")) or {}
         service = _text(sr.get("code")) or "une consultation"

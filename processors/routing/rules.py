@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import orjson
+
 from processors.routing.parties import (
     ROLE_CARE_TEAM,
     ROLE_COORDINATOR,
@@ -108,12 +110,51 @@ class Unresolved:
     reason: str
 
 
+#: `CaseParties.extra` key naming what an opposition rests on (default: the event itself)
+OPPOSITION_BASIS = "opposition_basis"
+REASON_OPPOSITION = "patient-opposes-sharing"
+REASON_NO_INS = "no-qualified-ins"
+
+
+@dataclass(frozen=True, slots=True)
+class Withheld:
+    """A delivery routing chose not to make, for the audit trail (no patient data):
+    `basis` is what the decision rests on — "event" (the opposition the event carries,
+    e.g. from HL7 ZFA) or "consent.updated <event id>" (the patient's recorded decision)."""
+
+    event_id: str
+    channel: Channel
+    reason: str
+    basis: str
+    count: int = 1
+
+    def record(self, case_id: str, event_type: str, at: str) -> tuple[bytes, bytes]:
+        """(key, value) of the audit record on care.routing.audit: JSON, keyed by case."""
+        body = {
+            "at": at,
+            "event_id": self.event_id,
+            "event_type": event_type,
+            "case_id": case_id,
+            "channel": str(self.channel),
+            "withheld": self.count,
+            "reason": self.reason,
+            "basis": self.basis,
+        }
+        return case_id.encode(), orjson.dumps(body)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.event_id}: {self.count} {self.channel} delivery withheld: "
+            f"{self.reason} ({self.basis})"
+        )
+
+
 @dataclass
 class Decision:
     items: list[WorkItem] = field(default_factory=list)
     unresolved: list[Unresolved] = field(default_factory=list)
     #: consent and channel decisions, for the audit trail (no patient data)
-    audit: list[str] = field(default_factory=list)
+    audit: list[Withheld] = field(default_factory=list)
 
 
 def route(
@@ -202,6 +243,10 @@ def _coordinator(
     decision.items.append(WorkItem(env, Channel.MSSANTE, recipient, due))
 
 
+def _basis(parties: CaseParties) -> str:
+    return parties.extra.get(OPPOSITION_BASIS, "event")
+
+
 def coordinator_id(territory_id: str) -> str:
     """Recipient id of a territory's coordinator (distinct from any RPPS)."""
     return f"territory/{territory_id}"
@@ -214,10 +259,10 @@ def _record(
     if not wanted or not wanted & set(documents):
         return
     if parties.opposition:
-        decision.audit.append(f"{env.id}: record filing skipped, the patient opposes sharing")
+        decision.audit.append(Withheld(env.id, Channel.DMP, REASON_OPPOSITION, _basis(parties)))
         return
     if not parties.patient_ins:
-        decision.audit.append(f"{env.id}: record filing skipped, no qualified INS")
+        decision.audit.append(Withheld(env.id, Channel.DMP, REASON_NO_INS, "event"))
         return
     recipient = Recipient(RecipientKind.RECORD, "dmp", "", "shared-record", "DMP")
     decision.items.append(WorkItem(env, Channel.DMP, recipient))
@@ -236,8 +281,7 @@ def _platforms(
     matches = subscriptions.matching(et, parties, patient_ids)
     if matches and parties.opposition:
         decision.audit.append(
-            f"{env.id}: {len(matches)} platform notification(s) withheld, the patient opposes "
-            "sharing"
+            Withheld(env.id, Channel.EPARCOURS, REASON_OPPOSITION, _basis(parties), len(matches))
         )
         return
     for sub_id, endpoint in matches:

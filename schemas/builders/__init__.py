@@ -3,6 +3,7 @@
 The registry `schemas.events.EVENT_SPECS` maps each event type to its builder and rule.
 """
 
+from schemas.builders.consent import build_consent_updated
 from schemas.builders.expertise import (
     build_expertise_answered,
     build_expertise_declined,
@@ -38,6 +39,7 @@ from schemas.builders.stay import (
 __all__ = [
     "build_admission_cancelled",
     "build_admission_notified",
+    "build_consent_updated",
     "build_delivery_failed",
     "build_delivery_read",
     "build_delivery_sent",

@@ -14,6 +14,7 @@ import orjson
 from bus.producer import EventProducer
 from bus.settings import Settings
 from processors.app import Processors
+from processors.consent import ConsentRegistry
 from processors.runner import run_processors
 from processors.sla.policy import SlaPolicies
 from schemas.codes import EventType
@@ -61,13 +62,23 @@ def envelope(et: EventType, info: object) -> Envelope:
 
 @contextlib.asynccontextmanager
 async def processors_running(
-    bootstrap: str, settings: Settings, policies: SlaPolicies, prefix: str
+    bootstrap: str,
+    settings: Settings,
+    policies: SlaPolicies,
+    prefix: str,
+    consents: ConsentRegistry | None = None,
 ) -> AsyncIterator[Processors]:
     """The faust processors in this process, own app id (consumer group) per test."""
     producer = EventProducer(bootstrap, settings.kafka)
     await producer.start()
     try:
-        ctx = Processors(producer=producer, lookup=Lookup(), policies=policies, tick_interval_s=0.1)
+        ctx = Processors(
+            producer=producer,
+            lookup=Lookup(),
+            policies=policies,
+            tick_interval_s=0.1,
+            consents=consents,
+        )
         async with run_processors(
             settings, bootstrap, ctx, app_id=f"{prefix}-{uuid.uuid4().hex[:6]}"
         ):

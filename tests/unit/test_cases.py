@@ -14,13 +14,17 @@ from schemas.cases import (
     focus_entry,
     format_case_id,
     parse_case_id,
+    patient_key,
+    patient_keys,
 )
-from schemas.codes import EventType
+from schemas.codes import INS_NIR, EventType
 from schemas.samples import notice_info, sample_bundle
 
 REFERRAL_CASE = "referral/https://carebus.fr/fhir/sid/referral|ADR-2025-000123"
 STAY_CASE = "stay/https://carebus.fr/fhir/sid/visit/1030780100|VN2025031100042"
 EXPERTISE_CASE = "expertise/https://carebus.fr/fhir/sid/expertise|TLX-2025-0042"
+# the sample patient's INS (258030319004510, INS-NIR) as a pseudonym: never the INS itself
+CONSENT_CASE = "consent/urn:carebus:patient-key|" + patient_key(INS_NIR, "258030319004510")
 
 
 @pytest.mark.parametrize("event", list(EventType), ids=str)
@@ -29,6 +33,7 @@ def test_case_id_of_every_sample(event: EventType) -> None:
         "referral": REFERRAL_CASE,
         "stay": STAY_CASE,
         "expertise": EXPERTISE_CASE,
+        "consent": CONSENT_CASE,
     }
     key = case_id(event, sample_bundle(event))
     if event.family == "bus":
@@ -115,3 +120,22 @@ def test_parse_rejects_non_case_ids() -> None:
 )
 def test_format_and_parse_round_trip(family: str, system: str, value: str) -> None:
     assert parse_case_id(format_case_id(family, system, value)) == (family, system, value)
+
+
+def test_consent_case_is_the_patient_pseudonym_not_the_ins() -> None:
+    bundle = sample_bundle(EventType.CONSENT_UPDATED)
+    key = case_id(EventType.CONSENT_UPDATED, bundle)
+    assert "258030319004510" not in key
+    # every other event about the same patient yields the same pseudonym
+    assert parse_case_id(key)[2] in patient_keys(sample_bundle(EventType.REFERRAL_REQUESTED))
+    assert patient_key(INS_NIR, "258030319004510") != patient_key(INS_NIR, "258030319004511")
+
+
+def test_consent_without_an_ins_patient_has_no_case() -> None:
+    bundle = sample_bundle(EventType.CONSENT_UPDATED)
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"]["identifier"] = []
+    with pytest.raises(CaseIdError) as err:
+        case_id(EventType.CONSENT_UPDATED, bundle)
+    assert err.value.expression.endswith(".patient")

@@ -186,8 +186,10 @@ def test_every_care_event_has_one_topic() -> None:
     assert topic_of(EventType.DISCHARGE_FOLLOWUP_DUE) is STAY
     assert topic_of("expertise.declined") is BY_ID["expertise"]
     assert topic_of("delivery.sent") is None and topic_of("nonsense") is None
-    inbound = [e for e in EventType if e.inbound]
+    # a patient's sharing decision is not itself shared with platforms: it is applied
+    inbound = [e for e in EventType if e.inbound and e.family != "consent"]
     assert all(topic_of(e) is not None for e in inbound)
+    assert topic_of(EventType.CONSENT_UPDATED) is None
 
 
 # --- matching, for routing ------------------------------------------------------------

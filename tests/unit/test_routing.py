@@ -10,7 +10,12 @@ import pytest
 
 from adapters.bundle_view import BundleView
 from processors.routing.parties import CaseParties, parties_of
-from processors.routing.rules import route
+from processors.routing.rules import (
+    OPPOSITION_BASIS,
+    REASON_NO_INS,
+    REASON_OPPOSITION,
+    route,
+)
 from schemas.codes import EventType
 from schemas.envelope import Envelope
 from schemas.samples import sample_bundle
@@ -111,15 +116,26 @@ def test_opposition_blocks_record_and_platforms_and_is_audited() -> None:
     opposed = replace(parties, opposition=True)
     d = route(env, opposed, Lookup(), documents=docs, subscriptions=Subs())
     assert {i.channel for i in d.items} == {Channel.MSSANTE}
-    assert any("opposes sharing" in a for a in d.audit)
-    assert len([a for a in d.audit if "opposes" in a]) == 2
+    assert [(a.channel, a.reason, a.basis) for a in d.audit] == [
+        (Channel.DMP, REASON_OPPOSITION, "event"),
+        (Channel.EPARCOURS, REASON_OPPOSITION, "event"),
+    ]
+    assert all(a.event_id == env.id for a in d.audit)
+
+
+def test_opposition_from_a_consent_event_is_cited_in_the_audit() -> None:
+    env, parties, docs = event("discharge.completed")
+    opposed = replace(parties, opposition=True, extra={OPPOSITION_BASIS: "consent.updated c-42"})
+    d = route(env, opposed, Lookup(), documents=docs, subscriptions=Subs())
+    assert {a.basis for a in d.audit} == {"consent.updated c-42"}
+    assert "c-42" in str(d.audit[0]) and "withheld" in str(d.audit[0])
 
 
 def test_no_qualified_ins_no_record() -> None:
     env, parties, docs = event("referral.completed")
     d = route(env, replace(parties, patient_ins=False), Lookup(), documents=docs)
     assert Channel.DMP not in {i.channel for i in d.items}
-    assert any("no qualified INS" in a for a in d.audit)
+    assert [(a.channel, a.reason) for a in d.audit] == [(Channel.DMP, REASON_NO_INS)]
 
 
 def test_referral_outcome_report_goes_to_the_record() -> None:
