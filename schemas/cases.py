@@ -115,14 +115,17 @@ def _ins_keys(patient: dict) -> list[str]:
     for ident in patient.get("identifier") or ():
         if isinstance(ident, dict):
             system, value = ident.get("system"), ident.get("value")
-            if system in INS_SYSTEMS and isinstance(value, str) and value:
-                keys.append(patient_key(system, value))
+            if isinstance(system, str) and system in INS_SYSTEMS and isinstance(value, str):
+                if value:
+                    keys.append(patient_key(system, value))
     return keys
 
 
 def _consent_case(bundle: dict, consent: dict, where: str) -> str:
     """A consent's case is its patient: the latest decision per patient is what counts."""
-    reference = consent.get("patient", {}).get("reference") if isinstance(consent, dict) else None
+    reference = consent["patient"].get("reference")
+    if not isinstance(reference, str):
+        reference = None
     for entry in bundle.get("entry") or ():
         if isinstance(entry, dict) and reference and entry.get("fullUrl") == reference:
             res = entry.get("resource")
