@@ -312,6 +312,7 @@ async def rejected(d: Demo, control: str) -> bool:
         bootstrap_servers=d.running.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **d.settings.kafka.client_options(),
     )
     await consumer.start()
     try:

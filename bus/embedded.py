@@ -163,9 +163,22 @@ class BrokerPaths:
 class EmbeddedKafka:
     """Start/stop one Apache Kafka broker+controller on loopback with data under data_dir."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        extra_listeners: dict[str, tuple[str, int]] | None = None,
+        extra_config: dict[str, str] | None = None,
+        format_args: tuple[str, ...] = (),
+    ) -> None:
+        """`extra_listeners` (name → (security protocol, port)), `extra_config` (more
+        server.properties) and `format_args` (e.g. `--add-scram`) add secured listeners
+        next to the PLAINTEXT one, for tests of SASL/TLS clients against a real broker."""
         self.settings = settings
         self.kafka: KafkaSettings = settings.kafka
+        self.extra_listeners = dict(extra_listeners or {})
+        self.extra_config = dict(extra_config or {})
+        self.format_args = tuple(format_args)
         self.paths = BrokerPaths(settings.data_dir / "kafka")
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -215,6 +228,11 @@ class EmbeddedKafka:
             "log.retention.check.interval.ms": "60000",
             "unclean.leader.election.enable": "false",
         }
+        for name, (protocol, port) in self.extra_listeners.items():
+            props["listeners"] += f",{name}://{host}:{port}"
+            props["advertised.listeners"] += f",{name}://{host}:{port}"
+            props["listener.security.protocol.map"] += f",{name}:{protocol}"
+        props.update(self.extra_config)
         p.root.mkdir(parents=True, exist_ok=True)
         p.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         p.log4j.write_text(LOG4J2.format(logdir=p.server_log.parent))
@@ -243,7 +261,12 @@ class EmbeddedKafka:
         cid = p.cluster_id.read_text().strip() if p.cluster_id.exists() else _cluster_id()
         p.cluster_id.write_text(cid)
         cmd = self._jvm(
-            cp, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", f"--config={p.config}"
+            cp,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cid}",
+            f"--config={p.config}",
+            *self.format_args,
         )
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603
         if proc.returncode != 0:
