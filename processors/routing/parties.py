@@ -8,7 +8,7 @@ in the SLA agent's table).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -57,7 +57,7 @@ class CaseParties:
         )
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson serialises (nested) dataclasses natively: ~10x asdict
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CaseParties:
