@@ -106,7 +106,9 @@ def up() -> None:
 
 @app.command("run")
 def run_roles(
-    roles: list[str] = typer.Argument(..., help="processors | adapters | ingress (one or more)."),
+    roles: list[str] = typer.Argument(
+        ..., help="processors | adapters | ingress | dashboard (one or more)."
+    ),
 ) -> None:
     """Run only some roles (scale each out with more processes on the same settings)."""
     from bus.stack import ROLES
@@ -190,6 +192,38 @@ def topics_catalog() -> None:
     console.print(table)
 
 
+@topics_app.command("render")
+def topics_render(
+    strimzi: bool = typer.Option(False, "--strimzi", help="Strimzi KafkaTopic + KafkaUser."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Directory (default: stdout)."),
+    cluster: str = typer.Option("carebus", help="The Strimzi Kafka cluster's name."),
+    replicas: int = typer.Option(3, help="Replication factor of every topic."),
+    min_insync: int = typer.Option(2, help="min.insync.replicas of every topic."),
+    auth: str = typer.Option("tls", help="KafkaUser authentication: tls | scram-sha-512."),
+) -> None:
+    """Render the catalog's topics and the roles' users/ACLs as Kubernetes resources."""
+    from bus.strimzi import render
+
+    if not strimzi:
+        raise typer.BadParameter("choose a format: --strimzi")
+    if auth not in ("tls", "scram-sha-512"):
+        raise typer.BadParameter("--auth is tls or scram-sha-512")
+    files = render(
+        cluster=cluster,
+        app_id=settings().processors.app_id,
+        replicas=replicas,
+        min_insync_replicas=min_insync,
+        auth=auth,  # type: ignore[arg-type]
+    )
+    if out is None:
+        typer.echo("---\n".join(files.values()), nl=False)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    console.print(f"wrote {', '.join(str(out / n) for n in files)}")
+
+
 @schemas_app.command("export")
 def schemas_export(
     out: Path = typer.Option(Path("build/schemas"), "--out", "-o", help="Output directory."),
@@ -210,6 +244,10 @@ cli_ops.register(app, console, settings, arun)
 from processors.directory import cli as directory_cli  # noqa: E402
 
 directory_cli.register(app, console, settings, arun)
+
+from adapters.dashboard import cli as dashboard_cli  # noqa: E402
+
+dashboard_cli.register(app, console)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from bus.deadletter import header_text, replay_target
@@ -117,12 +118,12 @@ async def _replay_one(
     report: ReplayReport,
 ) -> None:
     if source == "deadletter":
-        target, headers = replay_target(rec.headers)
+        target, _ = replay_target(rec.headers)
         if topic_filter and target != topic_filter:
             report.skipped += 1
             return
         if not dry_run:
-            await producer.send_raw(target, rec.key, rec.value, headers)
+            await send_back(rec, producer)
         report.replayed += 1
         return
     codes = set(header_text(rec.headers, "rejected_codes").split(","))
@@ -146,3 +147,67 @@ async def _replay_one(
 
         await Ingress(producer).accept(msg, channel=f"replay-{channel}")  # type: ignore[arg-type]
     report.replayed += 1
+
+
+async def send_back(rec: ConsumerRecord, producer: EventProducer) -> str:
+    """Write one dead letter back to the topic it came from (original key, value and
+    headers, marked replayed); returns that topic."""
+    target, headers = replay_target(rec.headers)
+    await producer.send_raw(target, rec.key, rec.value, headers)
+    return target
+
+
+async def read_dead_letter(
+    bootstrap: str, kafka: KafkaSettings, partition: int, offset: int, timeout_s: float = 10.0
+) -> ConsumerRecord:
+    """The record at `offset` of `care.deadletter` partition `partition` (no consumer
+    group: reading it changes nothing); LookupError when there is none."""
+    from aiokafka import TopicPartition
+
+    tp = TopicPartition(DEAD_LETTER.name, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        **kafka.client_options(),
+    )
+    await consumer.start()
+    try:
+        if partition < 0 or offset < 0:
+            raise LookupError(f"no dead letter at {partition}@{offset}")
+        consumer.assign([tp])
+        try:
+            end = (await consumer.end_offsets([tp]))[tp]
+        except KafkaError as exc:
+            raise LookupError(f"{DEAD_LETTER.name} has no partition {partition}") from exc
+        if offset >= end:
+            raise LookupError(f"no dead letter at {partition}@{offset}")
+        consumer.seek(tp, offset)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            got = await consumer.getmany(tp, timeout_ms=500, max_records=1)
+            for rec in got.get(tp, []):
+                if rec.offset == offset:
+                    return rec
+                raise LookupError(f"no dead letter at {partition}@{offset} (retention?)")
+    finally:
+        await consumer.stop()
+    raise LookupError(f"no dead letter at {partition}@{offset}")
+
+
+async def replay_one(
+    bootstrap: str,
+    kafka: KafkaSettings,
+    producer: EventProducer,
+    *,
+    partition: int,
+    offset: int,
+    expect_id: str | None = None,
+) -> str:
+    """Send ONE dead letter (by its partition and offset on care.deadletter) back to its
+    topic, e.g. from the coordinator dashboard; returns the topic. `expect_id` guards
+    against replaying another record than the one the operator saw (its ce_id)."""
+    rec = await read_dead_letter(bootstrap, kafka, partition, offset)
+    if expect_id is not None and header_text(rec.headers, "ce_id") != expect_id:
+        raise LookupError(f"the dead letter at {partition}@{offset} is not event {expect_id}")
+    return await send_back(rec, producer)

@@ -246,6 +246,40 @@ class ProcessorsSettings(BaseModel):
     heartbeat_interval_s: float = 2.0  # at most a third of the session timeout
 
 
+class DashboardUser(BaseModel):
+    """A coordinator account of the dashboard (`[[dashboard.users]]`).
+
+    `password_scrypt` is what `carebus dashboard hash-password` prints
+    ("scrypt$n$r$p$salt$hash"); a clear `password` is accepted for development only.
+    """
+
+    login: str
+    name: str = ""  # shown in the page header, e.g. "Camille Renaud"
+    password_scrypt: SecretStr | None = None
+    password: SecretStr | None = None
+
+
+class DashboardSettings(BaseModel):
+    """The coordinator dashboard (`carebus run dashboard`), served under /tableau.
+
+    No account configured: on a loopback host `carebus up` creates a one-time local
+    account and prints its password; on any other host the dashboard refuses to start.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8088  # CAREBUS_DASHBOARD__PORT; 0 = any free port
+    users: list[DashboardUser] = []
+    #: signs the session cookies; empty = a random key per process (sessions end on restart)
+    session_secret: SecretStr | None = None
+    session_hours: float = 10.0
+    #: cookies marked Secure (HTTPS only); None = yes unless the host is loopback
+    secure_cookie: bool | None = None
+    max_cases: int = 5000  # cases kept in memory (closed ones are forgotten first)
+    max_timeline: int = 200  # entries kept per case
+    max_items: int = 500  # delivery failures, dead letters, rejected inputs kept (each)
+    refresh_s: float = 2.0  # how often an open page checks for news
+
+
 class Settings(BaseSettings):
     """All of CareBus's configuration. See README "Configuration"."""
 
@@ -266,6 +300,7 @@ class Settings(BaseSettings):
     eparcours: EparcoursSettings = EparcoursSettings()
     routing: RoutingSettings = RoutingSettings()
     processors: ProcessorsSettings = ProcessorsSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     #: SLA policies per event type and priority, business calendar (see docs/sla.md)
     sla: SlaPolicies = Field(default_factory=SlaPolicies)
 

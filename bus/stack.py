@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("carebus.stack")
 
-ROLES = ("processors", "adapters", "ingress")
+ROLES = ("processors", "adapters", "ingress", "dashboard")
 
 
 @dataclass
@@ -117,6 +117,8 @@ async def run_stack(settings: Settings, roles: tuple[str, ...] = ROLES) -> Async
             await _adapters(stack, settings, running, producer, service)
         if "ingress" in roles:
             await _ingress(stack, settings, running, producer, service)
+        if "dashboard" in roles:
+            await _dashboard(stack, settings, running, producer)
         running.endpoints["kafka"] = bootstrap
         yield running
 
@@ -249,3 +251,24 @@ async def _ingress(
     stack.push_async_callback(mllp.stop)
     running.endpoints["mllp"] = f"mllp://{settings.mllp.host}:{mport}"
     running.ports["mllp"] = mport
+
+
+async def _dashboard(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    running: Running,
+    producer: EventProducer,
+) -> None:
+    """The coordinator dashboard (its own listener, `dashboard.port`, under /tableau)."""
+    from adapters.dashboard.service import run_dashboard
+
+    dash = await stack.enter_async_context(run_dashboard(settings, running.bootstrap, producer))
+    where = dash.url
+    if dash.generated:
+        login, password = dash.generated
+        where += (
+            f" (local account {login!r}, password {password!r} for this run only; "
+            "configure [[dashboard.users]] to keep accounts)"
+        )
+    running.endpoints["dashboard"] = where
+    running.ports["dashboard"] = dash.port
