@@ -10,10 +10,14 @@ its message: nothing acknowledged is lost, nothing refused is silently dropped.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import orjson
 
 from bus import metrics
 from bus.deadletter import rejected_input
@@ -22,7 +26,7 @@ from bus.producer import EventProducer
 from bus.settings import KafkaSettings
 from schemas.codes import EventType
 from schemas.envelope import Envelope
-from schemas.outcome import Issue
+from schemas.outcome import Issue, IssueCode
 from schemas.task_states import ReferralStates, TransitionRefused
 from schemas.topics import REFERRAL_EVENTS, topic_for
 from schemas.validate import ValidatedMessage
@@ -43,7 +47,28 @@ class Ingress:
     def __init__(self, producer: EventProducer, *, dedup_size: int = 100_000) -> None:
         self.producer = producer
         self._acked = Deduplicator(dedup_size)  # event ids already acknowledged here
+        # content digest per acknowledged event id: a reused id with other content is
+        # refused instead of being acknowledged as a retransmission and dropped
+        self._digests: OrderedDict[str, bytes] = OrderedDict()
+        self._digests_max = dedup_size
         self.referrals = ReferralStates()
+
+    def check_reuse(self, msg: ValidatedMessage) -> Issue | None:
+        """A Bundle.id (event id) already accepted here with different content.
+
+        Same content (a retransmission, even re-serialised or re-stamped) is fine and
+        acknowledged again; other content under the same id would otherwise be
+        acknowledged and silently dropped by every deduplicating consumer.
+        """
+        known = self._digests.get(msg.event_id)
+        if known is None or known == _content_digest(msg):
+            return None
+        return Issue(
+            IssueCode.DUPLICATE,
+            f"event id {msg.event_id} was already accepted with different content; "
+            "a new message needs a new id (FHIR Bundle.id / HL7 MSH-10)",
+            "Bundle.id",
+        )
 
     def check_referral(self, msg: ValidatedMessage) -> TransitionRefused | None:
         """An illegal referral move (HTTP 409) as far as this ingress has seen the case."""
@@ -73,6 +98,9 @@ class Ingress:
             metrics.UNAVAILABLE.labels(channel).inc()
             raise
         self._acked.mark(msg.event_id)
+        self._digests[msg.event_id] = _content_digest(msg)
+        while len(self._digests) > self._digests_max:
+            self._digests.popitem(last=False)
         if msg.event_type.family == "referral":
             self.referrals.apply(msg.case_id, msg.event_type)
         metrics.RECEIVED.labels(channel, msg.event_type.value).inc()
@@ -113,6 +141,12 @@ class Ingress:
         code = str(issues[0].code) if issues else "unknown"
         metrics.REJECTED.labels(channel, code).inc()
         log.warning("rejected input from %s via %s: %s", sender, channel, code)
+
+
+def _content_digest(msg: ValidatedMessage) -> bytes:
+    """What a retransmission keeps: the bundle without its send time, keys sorted."""
+    body = {k: v for k, v in msg.bundle.items() if k not in ("timestamp", "meta")}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()
 
 
 def _now() -> str:

@@ -11,6 +11,7 @@ driven by the event's `EventSpec` (expected focus status), registered per event 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from schemas.builders.common import EXT_CHANNEL
@@ -305,8 +306,10 @@ def stay_rule(ctx: RuleContext) -> None:
         _case_identifier(ctx, first(enc["identifier"]), f"{at}.identifier[0]")
     _status(ctx, enc, at, ENCOUNTER_STATUS, "IHE PAM movement")
     _need(ctx, enc, at, "subject", "the patient")
+    planned_ext = _extension(enc, EXT_PLANNED_DISCHARGE)
+    _stay_dates(ctx, enc, at, planned_ext)
     if ctx.event is EventType.DISCHARGE_PLANNED:
-        ext = _extension(enc, EXT_PLANNED_DISCHARGE)
+        ext = planned_ext
         if ext is None:
             ctx.fail(
                 IssueCode.REQUIRED,
@@ -326,6 +329,46 @@ def stay_rule(ctx: RuleContext) -> None:
             IssueCode.REQUIRED,
             f"{at}.period.end",
             "discharge.completed needs the discharge time (Encounter.period.end)",
+        )
+
+
+def _when(value: object) -> datetime | date | None:
+    """A FHIR dateTime/instant as a comparable value: aware datetime, or a date when only
+    the day is known; None for partial (year, year-month), naive or unreadable values
+    (the structural validation judges the format)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _before(a: datetime | date, b: datetime | date) -> bool:
+    """a < b, at day precision when either is a date."""
+    if isinstance(a, datetime) and isinstance(b, datetime):
+        return a < b
+    day_a = a.date() if isinstance(a, datetime) else a
+    day_b = b.date() if isinstance(b, datetime) else b
+    return day_a < day_b
+
+
+def _stay_dates(ctx: RuleContext, enc: dict, at: str, planned: tuple[int, dict] | None) -> None:
+    """Dates that contradict each other: FHIR per-1 (period.start ≤ period.end), a
+    discharge planned before the admission (e.g. a planned date years in the past)."""
+    period = as_dict(enc.get("period"))
+    start, end = _when(period.get("start")), _when(period.get("end"))
+    if start is not None and end is not None and _before(end, start):
+        ctx.fail(IssueCode.INVARIANT, f"{at}.period.end", "the stay ends before it starts (per-1)")
+    when = _when(planned[1].get("valueDateTime")) if planned else None
+    if planned and start is not None and when is not None and _before(when, start):
+        ctx.fail(
+            IssueCode.VALUE,
+            f"{at}.extension[{planned[0]}].valueDateTime",
+            "the planned discharge is before the admission (Encounter.period.start)",
         )
 
 

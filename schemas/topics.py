@@ -13,6 +13,12 @@ from schemas.codes import EventType
 DAY_MS = 24 * 3600 * 1000
 
 
+#: the broker's record limit on every topic, = the producer's max_request_size. Kafka's
+#: default (~1 MB) is below what the ingresses accept (HTTP bodies up to 2 MB): a valid
+#: 1.5 MB message was refused by the broker and answered 503 "retry later", forever.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     name: str
@@ -25,7 +31,11 @@ class TopicSpec:
     extra_config: tuple[tuple[str, str], ...] = field(default=())
 
     def config(self) -> dict[str, str]:
-        cfg = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        cfg = {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            "max.message.bytes": str(MAX_MESSAGE_BYTES),
+        }
         cfg.update(self.extra_config)
         return cfg
 

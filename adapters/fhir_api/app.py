@@ -8,6 +8,7 @@ after authentication is kept on care.rejected-input with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ FHIR_JSON = "application/fhir+json"
 ACCEPTED_TYPES = ("application/fhir+json", "application/json")
 #: 400 for what cannot be read at all, 422 for what reads but breaks a rule
 _UNPARSEABLE = frozenset({IssueCode.STRUCTURE, IssueCode.TOO_LONG})
+#: bodies above this are validated in a worker thread: a 2 MB bundle of many small
+#: elements costs seconds of model validation, which must not stall the event loop
+#: (every other request, and the MLLP listener when it shares the process)
+INLINE_VALIDATION_BYTES = 64 * 1024
 
 
 @dataclass
@@ -117,13 +122,21 @@ def create_app(ctx: ApiContext) -> Starlette:
             )
             return await refuse(413, b"", who, [issue], ctype)
         try:
-            msg = validate_message(raw, max_bytes=ctx.max_body_bytes)
+            if len(raw) > INLINE_VALIDATION_BYTES:
+                msg = await asyncio.to_thread(
+                    validate_message, raw, max_bytes=ctx.max_body_bytes
+                )
+            else:
+                msg = validate_message(raw, max_bytes=ctx.max_body_bytes)
         except ValidationFailed as exc:
             status = 400 if all(i.code in _UNPARSEABLE for i in exc.issues) else 422
             return await refuse(status, raw, who, list(exc.issues), ctype)
         denied = may_publish(who, msg.event_type.value, _acting_for(msg.sender_ids))
         if denied is not None:
             return await refuse(denied.status, raw, who, [denied.issue], ctype)
+        reused = ctx.ingress.check_reuse(msg)
+        if reused is not None:
+            return await refuse(409, raw, who, [reused], ctype)
         refused = ctx.ingress.check_referral(msg)
         if refused is not None:
             issue = Issue(

@@ -42,7 +42,9 @@ class MllpListener:
         self.ingress = ingress
         self.settings = settings
         self.parser = ParserSettings(
-            default_charset=settings.default_charset, max_bytes=settings.max_message_bytes
+            default_charset=settings.default_charset,
+            max_bytes=settings.max_message_bytes,
+            refuse_utf8_as_8859=True,
         )
         self.senders = SenderRegistry.from_settings(settings.senders)
         self._server: asyncio.Server | None = None
@@ -77,6 +79,9 @@ class MllpListener:
         assert task is not None
         peer = writer.get_extra_info("peername") or ("?", 0)
         if len(self._connections) >= self.settings.max_connections:
+            # refused at once (the peer sees the connection closed); counted, not logged
+            # one by one: a flood must not become a log flood
+            metrics.REJECTED.labels("mllp", "too-many-connections").inc()
             writer.close()
             return
         self._connections.add(task)
@@ -146,6 +151,9 @@ class MllpListener:
                 )
             raw = orjson.dumps(to_bundle(adt))
             validated = validate_message(raw, structural=False)
+            reused = self.ingress.check_reuse(validated)
+            if reused is not None:
+                raise ValidationFailed([dataclasses.replace(reused, expression="MSH-10")])
         except ValidationFailed as exc:
             return await self._refuse(frame, msg, list(exc.issues), who)
         try:

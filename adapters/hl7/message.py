@@ -54,6 +54,8 @@ class ParserSettings:
     max_bytes: int = 1_048_576
     max_segments: int = 500
     max_fields: int = 300
+    #: refuse UTF-8 bytes read as ISO 8859 (mojibake in names); the listener sets it
+    refuse_utf8_as_8859: bool = False
 
 
 DEFAULT_SETTINGS = ParserSettings()
@@ -319,6 +321,21 @@ def _read_header(raw: bytes) -> tuple[Separators, str]:
         raise _fail(IssueCode.CODE_INVALID, "MSH-18 is not in HL7 table 0211", "MSH-18") from None
 
 
+_UTF8_LATIN = re.compile(rb"[\xc3\xc5][\x80-\xbf]")
+
+
+def _is_utf8_text(raw: bytes) -> bool:
+    """Bytes that decode as UTF-8 and hold UTF-8 accented letters (é = C3 A9, œ = C5 93):
+    in ISO 8859 that reads "Ã©", "Å\x93", never seen in real names and addresses."""
+    if _UTF8_LATIN.search(raw) is None:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _resolve_charset(declared: str, settings: ParserSettings) -> tuple[str, str]:
     name = declared.upper() or settings.default_charset
     name = _CHARSET_ALIASES.get(name, name)
@@ -357,6 +374,15 @@ def parse_message(data: bytes | str, settings: ParserSettings = DEFAULT_SETTINGS
                 "declare the right character set in MSH-18",
                 "MSH-18",
             ) from None
+        if settings.refuse_utf8_as_8859 and codec.startswith("iso-8859") and _is_utf8_text(raw):
+            # every byte is valid ISO 8859, so UTF-8 sent under 8859/1 (or with MSH-18
+            # empty) would silently become "HÃ©lÃ¨ne": a wrong patient name, refused
+            raise _fail(
+                IssueCode.VALUE,
+                f"the message is read as {charset} but its bytes are UTF-8; "
+                "declare UNICODE UTF-8 in MSH-18",
+                "MSH-18",
+            )
     return _split(text, seps, charset, codec, settings)
 
 
