@@ -136,7 +136,11 @@ def store_message(
             return Stored(existing, created=False)
         final = box / f"{stamp}-{key}.eml"
         tmp = box / f".tmp-{key}-{secrets.token_hex(4)}"
-        _write_durable(tmp, raw)
+        try:
+            _write_durable(tmp, raw)
+        except OSError:  # e.g. ENOSPC: leave no half-written file behind
+            tmp.unlink(missing_ok=True)
+            raise
         try:
             _write_durable(claim, final.name.encode(), exclusive=True)
         except FileExistsError:  # another process: keep its copy
@@ -216,9 +220,13 @@ class MailboxHandler:
                 f"(CareBus mailbox) with ESMTPS ({proto}) for <{rcpt}>; "
                 f"{format_datetime(now)}\r\n"
             ).encode("utf-8", "replace")
-            stored = await asyncio.to_thread(
-                store_message, self.data_dir, rcpt, trace + raw, now=now
-            )
+            try:
+                stored = await asyncio.to_thread(
+                    store_message, self.data_dir, rcpt, trace + raw, now=now
+                )
+            except OSError as exc:  # disk full, quota, I/O error: the sender must retry
+                log.error("mailbox %s: cannot store a message: %s", rcpt, exc)
+                return "452 4.3.1 Insufficient system storage, try again later"
             created += stored.created
         return f"250 2.0.0 OK stored {created}/{len(envelope.rcpt_tos)}"
 
