@@ -54,14 +54,8 @@ from adapters.dashboard.auth import (
     new_session,
     verify_password,
 )
-from adapters.dashboard.projection import (
-    CHANNEL_LABEL,
-    PRIORITY_LABEL,
-    Projection,
-    case_row,
-    paris,
-    since,
-)
+from adapters.dashboard.projection import Projection
+from adapters.dashboard.views import CHANNEL_LABEL, PRIORITY_LABEL, case_row, paris, since
 
 log = logging.getLogger("carebus.dashboard")
 HERE = Path(__file__).parent

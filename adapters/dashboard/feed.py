@@ -17,7 +17,8 @@ import logging
 
 from aiokafka import AIOKafkaConsumer
 
-from adapters.dashboard.projection import TOPICS, Projection, Record
+from adapters.dashboard.projection import TOPICS, Projection
+from adapters.dashboard.views import Record
 from bus.settings import KafkaSettings
 
 log = logging.getLogger("carebus.dashboard")

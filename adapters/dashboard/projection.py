@@ -26,18 +26,41 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from adapters.bundle_view import BundleView, extension, parse_fhir_datetime
+from adapters.bundle_view import BundleView
+from adapters.dashboard.views import (
+    CHANNEL_LABEL,
+    DELIVERY_EVENTS,
+    NOTICE_EVENTS,
+    PRIORITY_LABEL,
+    ROLE_LABEL,
+    STATE_LABEL,
+    TERMINAL_EVENTS,
+    WHO,
+    CaseRow,
+    CaseView,
+    DeadLetterView,
+    FailureView,
+    Record,
+    RejectedView,
+    TimelineEntry,
+    case_row,
+    communication_text,
+    concept_text,
+    ext_value,
+    paris,
+    parse_time,
+    row_order,
+)
 from bus.deadletter import REPLAYED, header_text
 from processors.facts import read_event
 from processors.sla.machine import on_due, on_event
 from processors.sla.policy import SlaPolicies
-from processors.sla.state import CaseState, Deadline
 from schemas.builders.common import EXT_ADDRESS, EXT_ATTEMPT, EXT_CHANNEL, EXT_RECIPIENT_ID
 from schemas.cases import parse_case_id
 from schemas.codes import EVENT_DISPLAY, EXT_DEADLINE, EventType
@@ -76,279 +99,6 @@ _WORK_TOPICS = frozenset({DELIVERY_MSSANTE.name, DELIVERY_DMP.name, DELIVERY_EPA
 #: the SLA machine derives a notice's id from (case, timer token): the same rule lets the
 #: replica know which of its pending deadlines a notice on care.sla.events fired
 _NOTICE_NS = uuid.uuid5(uuid.NAMESPACE_URL, "https://carebus.fr/fhir/sid/event/sla")
-
-FAMILY_LABEL = {"referral": "Adressage", "stay": "Séjour", "expertise": "Téléexpertise"}
-CHANNEL_LABEL = {"mssante": "MSSanté", "dmp": "DMP", "eparcours": "e-parcours"}
-ROLE_LABEL = {
-    "requester": "demandeur",
-    "performer": "destinataire",
-    "gp": "médecin traitant",
-    "care-team": "équipe de soins",
-    "coordinator": "coordination",
-    "record": "dossier partagé",
-    "subscription": "plateforme",
-}
-PRIORITY_LABEL = {
-    "routine": "normale",
-    "urgent": "urgente",
-    "asap": "très urgente",
-    "stat": "immédiate",
-}
-DEADLINE_LABEL = {
-    "reminder": "Relance",
-    "escalation": "Escalade",
-    "breach": "Délai dépassé",
-    "followup": "Suivi J+7",
-    "ack-reminder": "Relance de lecture",
-    "late-notice": "Sortie tardive",
-}
-_STATE_LABEL: dict[EventType, str] = {
-    E.REFERRAL_REQUESTED: "En attente de réponse",
-    E.REFERRAL_ACCEPTED: "Acceptée, en cours",
-    E.REFERRAL_REJECTED: "Refusée",
-    E.REFERRAL_CANCELLED: "Annulée",
-    E.REFERRAL_COMPLETED: "Terminée",
-    E.ADMISSION_NOTIFIED: "Hospitalisé",
-    E.ADMISSION_CANCELLED: "Admission annulée",
-    E.DISCHARGE_PLANNED: "Sortie prévue",
-    E.DISCHARGE_CANCELLED: "Hospitalisé (sortie prévue annulée)",
-    E.DISCHARGE_COMPLETED: "Sorti, suivi J+7 en attente",
-    E.DISCHARGE_REVERTED: "Hospitalisé (sortie annulée)",
-    E.EXPERTISE_REQUESTED: "En attente de l'expert",
-    E.EXPERTISE_ANSWERED: "Répondue",
-    E.EXPERTISE_DECLINED: "Déclinée",
-}
-#: the business end of a case: it leaves the list of open cases
-_TERMINAL = frozenset(
-    {
-        E.REFERRAL_REJECTED,
-        E.REFERRAL_CANCELLED,
-        E.REFERRAL_COMPLETED,
-        E.ADMISSION_CANCELLED,
-        E.EXPERTISE_ANSWERED,
-        E.EXPERTISE_DECLINED,
-    }
-)
-_NOTICES = frozenset(
-    {
-        E.SLA_REMINDER,
-        E.SLA_ESCALATED,
-        E.SLA_BREACHED,
-        E.DISCHARGE_LATE_NOTICE,
-        E.DISCHARGE_FOLLOWUP_DUE,
-    }
-)
-_DELIVERY = frozenset({E.DELIVERY_SENT, E.DELIVERY_FAILED, E.DELIVERY_READ})
-_FAR = datetime.max.replace(tzinfo=UTC)
-WHO = "\x00"  # placeholder of a recipient's display name in a timeline detail
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A consumed Kafka record, as plain values (what `feed.py` hands over)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-    @property
-    def at(self) -> datetime:
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class TimelineEntry:
-    at: datetime
-    kind: str  # event | work-item | sent | failed | read | notice | dead-letter
-    title: str
-    detail: str = ""
-    tone: str = "info"  # info | ok | warn | alert
-    #: a recipient id whose display name replaces `WHO` in `detail` when the timeline is
-    #: read (a status may be read before the work item that names its recipient)
-    who: str = ""
-    who_fallback: str = ""
-
-
-@dataclass(slots=True)
-class CaseView:
-    case_id: str
-    family: str
-    reference: str  # the business identifier value (ADR-…, stay number, TLX-…)
-    max_timeline: int = 200
-    state: str = "—"
-    last_event: EventType | None = None
-    closed: bool = False
-    priority: str | None = None
-    establishment: str = ""
-    people: dict[str, list[str]] = field(default_factory=dict)  # role → display names
-    recipients: dict[str, str] = field(default_factory=dict)  # recipient id → display
-    sla: CaseState | None = None
-    escalated: bool = False
-    breached: bool = False
-    late_notice: bool = False
-    followup_due: bool = False
-    answered_late: bool = False
-    failures: int = 0
-    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    timeline: deque[TimelineEntry] = field(default_factory=deque)
-    _seen: set[str] = field(default_factory=set)
-
-    def add(self, entry: TimelineEntry) -> None:
-        self.timeline.append(entry)
-        while len(self.timeline) > self.max_timeline:
-            self.timeline.popleft()
-
-    def entries(self) -> list[TimelineEntry]:
-        """The timeline, oldest first (records of different topics arrive interleaved)."""
-        return [
-            replace(e, detail=e.detail.replace(WHO, self.display(e.who, e.who_fallback)))
-            if e.who
-            else e
-            for e in sorted(self.timeline, key=lambda e: e.at)
-        ]
-
-    def display(self, recipient_id: str, fallback: str = "") -> str:
-        """A recipient's name as the work items gave it, else the fallback (address)."""
-        return self.recipients.get(recipient_id) or fallback or recipient_id or "?"
-
-    @property
-    def kind_label(self) -> str:
-        return FAMILY_LABEL.get(self.family, self.family)
-
-    def person(self, role: str) -> str:
-        return ", ".join(self.people.get(role, ()))
-
-
-@dataclass(slots=True)
-class FailureView:
-    at: datetime
-    case_id: str
-    reference: str
-    channel: str
-    recipient: str  # the address, until the recipient's name is known
-    detail: str
-    attempts: int | None
-    recipient_id: str = ""
-
-
-@dataclass(slots=True)
-class DeadLetterView:
-    partition: int
-    offset: int
-    at: datetime
-    origin_topic: str
-    origin: str  # "partition@offset" it came from ("" when it never was on a topic)
-    reason: str
-    group: str
-    attempts: str
-    event_type: str
-    event_id: str
-    case_id: str
-    replayed_at: datetime | None = None
-
-    @property
-    def event_label(self) -> str:
-        try:
-            return EVENT_DISPLAY[EventType(self.event_type)]
-        except ValueError:
-            return self.event_type or "enregistrement illisible"
-
-
-@dataclass(slots=True)
-class RejectedView:
-    at: datetime
-    channel: str
-    sender: str
-    reason: str
-    codes: str
-
-
-@dataclass(frozen=True, slots=True)
-class CaseRow:
-    """A case as the list shows it at `now`."""
-
-    view: CaseView
-    due_at: datetime | None  # when the answer is due (requests)
-    next_at: datetime | None  # the next pending deadline still to come
-    next_label: str
-    late: bool
-    escalated: bool
-    attention: bool  # something for the coordinator to look at (late notice, J+7, failure)
-
-    @property
-    def urgent(self) -> bool:
-        return self.late or self.escalated
-
-
-def case_row(view: CaseView, now: datetime) -> CaseRow:
-    """Due date, next deadline and flags of a case at `now`, from its SLA replica."""
-    st = view.sla
-    due = st.due_at if st is not None and st.status == "open" else None
-    pending: list[Deadline] = sorted(st.pending, key=lambda d: d.fire_at) if st else []
-    # a deadline still pending after its time has not fired yet (processors behind or
-    # stopped): shown first, as overdue, since it is what the coordinator should chase
-    coming = next((d for d in pending if d.fire_at <= now), None) or next(
-        (d for d in pending if d.fire_at > now), None
-    )
-    late = (due is not None and now > due) or view.breached
-    attention = view.late_notice or view.followup_due or view.failures > 0
-    label = DEADLINE_LABEL.get(coming.kind, coming.kind) if coming else ""
-    if coming is not None and coming.fire_at <= now:
-        label += " (pas encore partie)"
-    return CaseRow(
-        view=view,
-        due_at=due,
-        next_at=coming.fire_at if coming else None,
-        next_label=label,
-        late=late,
-        escalated=view.escalated,
-        attention=attention,
-    )
-
-
-def row_order(row: CaseRow) -> tuple:
-    """Escalated, then late, then needing attention; soonest deadline first within each."""
-    when = row.due_at or row.next_at or _FAR
-    return (not row.urgent, not row.escalated, not row.attention, when, row.view.case_id)
-
-
-def _text(obj: object) -> str:
-    return obj if isinstance(obj, str) else ""
-
-
-def _communication_text(view: BundleView) -> str:
-    for part in view.focus.get("payload", []) or []:
-        if isinstance(part, dict) and isinstance(part.get("contentString"), str):
-            return part["contentString"]
-    return ""
-
-
-def _ext(view: BundleView, url: str) -> str:
-    ext = extension(view.focus, url) or {}
-    for key in ("valueString", "valueCode", "valueDateTime"):
-        if isinstance(ext.get(key), str):
-            return ext[key]
-    if isinstance(ext.get("valuePositiveInt"), int):
-        return str(ext["valuePositiveInt"])
-    return ""
-
-
-def _time(text: str | None, default: datetime) -> datetime:
-    if not text:
-        return default
-    try:
-        return parse_fhir_datetime(text).astimezone(UTC)
-    except (ValueError, TypeError):
-        return default
-
-
-def paris(at: datetime | None) -> str:
-    """French wall-clock time, as the page shows it."""
-    return at.astimezone(PARIS).strftime("%d/%m/%Y %H:%M") if at else "—"
 
 
 class Projection:
@@ -443,9 +193,9 @@ class Projection:
         et = EventType(env.type)
         if et.inbound:
             self._case_event(env, et, replayed, rec.at)
-        elif et in _NOTICES:
+        elif et in NOTICE_EVENTS:
             self._notice(env, et, rec.at, replayed)
-        elif et in _DELIVERY:
+        elif et in DELIVERY_EVENTS:
             self._delivery(env, et, rec.at, replayed)
 
     def _first_time(self, view: CaseView, key: str, replayed: bool, at: datetime) -> bool:
@@ -477,10 +227,10 @@ class Projection:
         if read.facts.priority:
             view.priority = read.facts.priority
         view.last_event = et
-        view.state = _STATE_LABEL.get(et, EVENT_DISPLAY.get(et, et.value))
+        view.state = STATE_LABEL.get(et, EVENT_DISPLAY.get(et, et.value))
         if et is E.DISCHARGE_PLANNED and read.facts.planned_at is not None:
             view.state = f"Sortie prévue le {paris(read.facts.planned_at)}"
-        view.closed = et in _TERMINAL
+        view.closed = et in TERMINAL_EVENTS
         if et in (E.ADMISSION_NOTIFIED, E.DISCHARGE_PLANNED, E.DISCHARGE_REVERTED):
             view.followup_due = False
         new, fx = on_event(view.sla, et, read.facts, at, self.policies)
@@ -494,7 +244,7 @@ class Projection:
                 "event",
                 EVENT_DISPLAY.get(et, et.value),
                 self._detail(view, et, read.view, fx.answered_late),
-                "ok" if et in _TERMINAL else "info",
+                "ok" if et in TERMINAL_EVENTS else "info",
             )
         )
 
@@ -509,7 +259,7 @@ class Projection:
                 parts.append(f"{who or '?'} → {to or '?'}")
         reason = bundle.focus.get("statusReason")
         if et in (E.REFERRAL_REJECTED, E.REFERRAL_CANCELLED) and isinstance(reason, dict):
-            parts.append(_text(reason.get("text")))
+            parts.append(concept_text(reason.get("text")))
         if late:
             parts.append("réponse après l'échéance")
         return " ; ".join(p for p in parts if p)
@@ -537,10 +287,10 @@ class Projection:
         tone = (
             "alert" if et in (E.SLA_ESCALATED, E.SLA_BREACHED, E.DISCHARGE_LATE_NOTICE) else "warn"
         )
-        deadline = _ext(bundle, EXT_DEADLINE)
-        detail = _communication_text(bundle)
+        deadline = ext_value(bundle, EXT_DEADLINE)
+        detail = communication_text(bundle)
         if deadline and not detail:
-            detail = f"échéance {paris(_time(deadline, at))}"
+            detail = f"échéance {paris(parse_time(deadline, at))}"
         view.add(TimelineEntry(at, "notice", EVENT_DISPLAY.get(et, et.value), detail, tone))
 
     def _work_item(self, env: Envelope, rec: Record, replayed: bool) -> None:
@@ -560,7 +310,7 @@ class Projection:
             what = env.type
         detail = f"{what}, par {channel}, à {who} ({role})"
         if item.due:
-            detail += f" ; réponse attendue avant le {paris(_time(item.due, at))}"
+            detail += f" ; réponse attendue avant le {paris(parse_time(item.due, at))}"
         view.add(TimelineEntry(at, "work-item", "À remettre", detail, "info"))
 
     def _delivery(self, env: Envelope, et: EventType, at: datetime, replayed: bool) -> None:
@@ -568,13 +318,13 @@ class Projection:
         if not self._first_time(view, env.id, replayed, at):
             return
         bundle = BundleView(orjson.loads(env.data))
-        channel = _ext(bundle, EXT_CHANNEL)
-        rid = _ext(bundle, EXT_RECIPIENT_ID)
-        address = _ext(bundle, EXT_ADDRESS)
+        channel = ext_value(bundle, EXT_CHANNEL)
+        rid = ext_value(bundle, EXT_RECIPIENT_ID)
+        address = ext_value(bundle, EXT_ADDRESS)
         who = {"who": rid, "who_fallback": address or rid}
         label = CHANNEL_LABEL.get(channel, channel)
-        attempts = _ext(bundle, EXT_ATTEMPT)
-        text = _communication_text(bundle)
+        attempts = ext_value(bundle, EXT_ATTEMPT)
+        text = communication_text(bundle)
         if et is E.DELIVERY_SENT:
             view.add(TimelineEntry(at, "sent", "Remis", f"{label} → {WHO}", "ok", **who))
         elif et is E.DELIVERY_READ:
@@ -607,7 +357,7 @@ class Projection:
         dl = DeadLetterView(
             partition=rec.partition,
             offset=rec.offset,
-            at=_time(header_text(h, "dlq_time"), rec.at),
+            at=parse_time(header_text(h, "dlq_time"), rec.at),
             origin_topic=header_text(h, "dlq_topic"),
             origin=f"{origin_p}@{origin_o}" if origin_o not in ("", "-1") else "",
             reason=header_text(h, "dlq_reason"),
@@ -643,26 +393,10 @@ class Projection:
         h = rec.headers
         self.rejected.appendleft(
             RejectedView(
-                at=_time(header_text(h, "rejected_time"), rec.at),
+                at=parse_time(header_text(h, "rejected_time"), rec.at),
                 channel=header_text(h, "rejected_channel"),
                 sender=header_text(h, "rejected_sender"),
                 reason=header_text(h, "rejected_reason"),
                 codes=header_text(h, "rejected_codes"),
             )
         )
-
-
-def since(at: datetime, now: datetime) -> str:
-    """ "il y a 3 h", "dans 2 j": how far a time is from now, in French."""
-    delta = at - now
-    future = delta > timedelta(0)
-    seconds = abs(delta.total_seconds())
-    if seconds < 60:
-        amount = "moins d'une minute"
-    elif seconds < 3600:
-        amount = f"{int(seconds // 60)} min"
-    elif seconds < 86400 * 2:
-        amount = f"{int(seconds // 3600)} h"
-    else:
-        amount = f"{int(seconds // 86400)} j"
-    return f"dans {amount}" if future else f"il y a {amount}"

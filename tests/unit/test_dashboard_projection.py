@@ -17,7 +17,8 @@ from adapters.dashboard.auth import (
     new_session,
     verify_password,
 )
-from adapters.dashboard.projection import Projection, Record, case_row, since
+from adapters.dashboard.projection import Projection
+from adapters.dashboard.views import Record, case_row, since
 from adapters.delivery import Outcome, status_event
 from bus.deadletter import dead_letter, replay_target
 from processors.notices import notice_envelope
