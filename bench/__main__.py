@@ -26,7 +26,7 @@ from bus.runtime import broker
 from bus.settings import KafkaSettings, Settings
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("cpu", "broker", "adapters", "sla")
+SECTIONS = ("cpu", "broker", "pipeline", "adapters", "sla")
 
 
 def cpu_figures() -> list[Figure]:
@@ -44,15 +44,24 @@ def cpu_figures() -> list[Figure]:
 
 
 async def broker_figures(
-    n: int, runs: int, seconds: float, *, core: bool = True, with_adapters: bool = True
+    n: int,
+    runs: int,
+    seconds: float,
+    *,
+    core: bool = True,
+    with_pipeline: bool = True,
+    with_adapters: bool = True,
+    with_recovery: bool = True,
 ) -> list[Figure]:
-    """Figures that need the broker: raw Kafka and ingress (`core`), and the outbound
-    adapters (`with_adapters`), which use it for the durable e-parcours numbering."""
+    """Figures that need the broker: raw Kafka and ingress (`core`), the whole pipeline
+    with a worker process (`with_pipeline`), and the outbound adapters
+    (`with_adapters`), which use it for the durable e-parcours numbering."""
     from bench import adapters, ingress, pipeline
 
     raw: dict[str, list[float]] = {}
     loads: list[dict] = []
     adapter_figs: list[Figure] = []
+    pipeline_figs: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="carebus-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), kafka=KafkaSettings(embedded_port=0))
         settings.kafka.bootstrap = os.environ.get("CAREBUS_KAFKA__BOOTSTRAP", "")
@@ -60,9 +69,14 @@ async def broker_figures(
             if core:
                 raw = await broker_bench.run(bootstrap, n=n, runs=runs)
                 loads = await ingress.run(bootstrap, settings, seconds=seconds, runs=runs)
-                adapter_figs += await pipeline.run(bootstrap, settings, runs=runs)
+            if with_pipeline:
+                pipeline_figs = await pipeline.run(bootstrap, settings, Path(tmp), runs=runs)
             if with_adapters:
-                adapter_figs = await adapters.run(runs, bootstrap=bootstrap, kafka=settings.kafka)
+                adapter_figs += await adapters.run(runs, bootstrap=bootstrap, kafka=settings.kafka)
+            if with_recovery:
+                from bench import sla_recovery
+
+                pipeline_figs += await sla_recovery.run(bootstrap, settings, Path(tmp), runs=runs)
     figs = [summarise(f"raw {k} (2 KB, acks=all)", "msgs/s", v) for k, v in raw.items()]
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in loads:
@@ -75,7 +89,7 @@ async def broker_figures(
         bad = [float(sum(n for c, n in r["codes"].items() if c not in ("AA", "202"))) for r in rs]
         if any(bad):
             figs.append(summarise(f"{label}: non-accepted answers", "count", bad))
-    return figs + adapter_figs
+    return figs + pipeline_figs + adapter_figs
 
 
 def main() -> None:
@@ -107,14 +121,16 @@ def main() -> None:
             from bench import adapters
 
             figures += asyncio.run(adapters.run(args.runs))
-    elif only & {"broker", "adapters"}:
+    elif only & {"broker", "pipeline", "adapters", "sla"}:
         figures += asyncio.run(
             broker_figures(
                 args.messages,
                 args.runs,
                 args.seconds,
                 core="broker" in only,
+                with_pipeline="pipeline" in only,
                 with_adapters="adapters" in only,
+                with_recovery="sla" in only,
             )
         )
 

@@ -45,6 +45,26 @@ async def produce(bootstrap: str, topic: str, n: int, size: int) -> float:
         await producer.stop()
 
 
+async def produce_bytes(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Write these values (acks=all), keyed round-robin over 64 keys, all acknowledged."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=1024 * 1024,
+        max_request_size=8 << 20,
+    )
+    await producer.start()
+    try:
+        futs = [
+            await producer.send(topic, v, key=str(i % 64).encode()) for i, v in enumerate(values)
+        ]
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
 async def passthrough(bootstrap: str, src: str, dst: str, n: int) -> tuple[float, float]:
     """(consume-only msgs/s, consume→produce msgs/s with commit after each batch)."""
     consumer = AIOKafkaConsumer(

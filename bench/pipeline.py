@@ -1,91 +1,345 @@
-"""Routed events/s per processor worker: the faust routing + SLA agents catching up on a
-backlog of realistic events (referrals with letters, discharges, tele-expertise) on the
-embedded broker. One worker process, both agents running, work items acknowledged."""
+"""The whole pipeline beside the raw-Kafka limit: ingress validation → routing → delivery.
+
+What runs, on the embedded broker (one machine, 2 cores here):
+- ingress: this process; each message is validated in full (`validate_message`:
+  parse, CareBus rules, FHIR structure by `schemas.fastfhir`) and accepted by the real
+  `Ingress` (acks=all write to its topic), as the HTTP and MLLP listeners do;
+- one processor worker: a real `carebus run processors` process (faust, routing + SLA
+  agents, directory and consent feeds), as deployed;
+- a tracker in this process reading the delivery topics, noting when the first work
+  item of each event arrives.
+
+Measures:
+- sustained throughput: N realistic events (5-26 KB: referrals with letters,
+  discharges planned/completed, tele-expertise) accepted as fast as the ingress can,
+  until the last one has its work items; events/s = N / (last work item - first accept).
+- the physical limit in the same run: a plain aiokafka consume → produce (acks=all,
+  commit per batch) of the same bytes on the same broker; the ratio is what we judge.
+- latency at fixed offered loads: per event, first work item seen - ingress answer.
+- a py-spy profile of the worker during the throughput run (bench/results/), which says
+  where a worker's time goes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import os
+import shutil
+import signal
+import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
+from aiokafka import AIOKafkaConsumer
 
+from adapters.ingress import Ingress
+from bench import broker as raw_kafka
 from bench.stats import Figure, summarise
+from bench.validation import large_referral
+from bus.errors import BrokerUnavailable
 from bus.producer import EventProducer
 from bus.settings import Settings
-from processors.app import Processors
+from processors.directory.feed import publish as publish_directory
 from processors.directory.importers import from_bytes
-from processors.directory.model import Directory, territory_from_settings
-from processors.runner import run_processors
 from schemas.codes import EventType
-from schemas.envelope import Envelope
 from schemas.events import build_event
 from schemas.samples import expertise_info, referral_info, stay_info
-from schemas.topics import topic_for
-from schemas.validate import validate_message
+from schemas.topics import DELIVERY_DMP, DELIVERY_EPARCOURS, DELIVERY_MSSANTE
+from schemas.validate import ValidatedMessage, validate_message
+from schemas.workitem import H_ITEM_EVENT
+
+ROOT = Path(__file__).parents[1]
+RESULTS = ROOT / "bench" / "results"
+IN_FLIGHT = 64  # concurrent accepts, as many HTTP/MLLP connections would give
 
 
-def _events(n: int) -> list[Envelope]:
+def messages(n: int) -> list[bytes]:
+    """n realistic inbound messages, each its own case, in a fixed mix of kinds/sizes."""
     out = []
     for i in range(n):
-        kind = i % 3
+        tag = uuid.uuid4().hex[:10]
+        kind = i % 5
         if kind == 0:
-            et, info = (
-                EventType.REFERRAL_REQUESTED,
-                dataclasses.replace(referral_info(), referral_id=f"B-{uuid.uuid4().hex[:10]}"),
-            )
+            info = dataclasses.replace(referral_info(), referral_id=f"B-{tag}")
+            bundle = build_event(EventType.REFERRAL_REQUESTED, info)
         elif kind == 1:
-            et, info = (
-                EventType.DISCHARGE_COMPLETED,
-                dataclasses.replace(stay_info(), visit_number=f"B{uuid.uuid4().hex[:10]}"),
-            )
+            bundle = large_referral()
+            task = bundle["entry"][1]["resource"]
+            task["identifier"][0]["value"] = f"BL-{tag}"
+            bundle["id"] = bundle["identifier"]["value"] = str(uuid.uuid4())
+        elif kind == 2:
+            info = dataclasses.replace(stay_info(), visit_number=f"B{tag}")
+            bundle = build_event(EventType.DISCHARGE_PLANNED, info)
+        elif kind == 3:
+            info = dataclasses.replace(stay_info(), visit_number=f"B{tag}")
+            bundle = build_event(EventType.DISCHARGE_COMPLETED, info)
         else:
-            et, info = (
-                EventType.EXPERTISE_REQUESTED,
-                dataclasses.replace(expertise_info(), expertise_id=f"B-{uuid.uuid4().hex[:10]}"),
-            )
-        msg = validate_message(orjson.dumps(build_event(et, info)), structural=False)
-        out.append(
-            Envelope(
-                id=msg.event_id,
-                type=et.value,
-                source="urn:bench",
-                subject=msg.case_id,
-                data=msg.raw,
-            )
-        )
+            info = dataclasses.replace(expertise_info(), expertise_id=f"B-{tag}")
+            bundle = build_event(EventType.EXPERTISE_REQUESTED, info)
+        out.append(orjson.dumps(bundle))
     return out
 
 
-async def run(bootstrap: str, settings: Settings, *, n: int = 3000, runs: int = 3) -> list[Figure]:
-    from pathlib import Path
+class Tracker:
+    """First work item per event id on the delivery topics (no group, from the end)."""
 
-    sample = Path(__file__).parents[1] / "deploy" / "samples" / "annuaire.json"
-    directory = Directory(
-        from_bytes(sample.read_bytes(), "annuaire.json").entries,
-        defaults=[territory_from_settings(t) for t in settings.routing.territories],
+    def __init__(self, bootstrap: str) -> None:
+        self.first: dict[str, float] = {}
+        self._bootstrap = bootstrap
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            DELIVERY_MSSANTE.name,
+            DELIVERY_DMP.name,
+            DELIVERY_EPARCOURS.name,
+            bootstrap_servers=self._bootstrap,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=5,
+            max_partition_fetch_bytes=8 << 20,
+        )
+        await self._consumer.start()
+        while not self._consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event
+            await asyncio.sleep(0.05)
+        await self._consumer.seek_to_end()
+        for tp in self._consumer.assignment():
+            await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=5000)
+            now = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    event = next((v for k, v in r.headers if k == H_ITEM_EVENT), b"").decode()
+                    self.first.setdefault(event, now)
+
+    async def wait_for(self, ids: list[str], timeout_s: float) -> float:
+        """perf_counter time at which the last of `ids` had its first work item."""
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            if all(i in self.first for i in ids):
+                return max(self.first[i] for i in ids)
+            await asyncio.sleep(0.02)
+        missing = sum(1 for i in ids if i not in self.first)
+        raise TimeoutError(f"{missing} of {len(ids)} events had no work item in {timeout_s}s")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+
+async def accept_one(ingress: Ingress, raw: bytes) -> tuple[str, float]:
+    """Validate (in full) and accept, as a listener does; (event id, answer time)."""
+    msg = validate_message(raw)
+    await ingress.accept(msg, channel="bench")
+    return msg.event_id, time.perf_counter()
+
+
+async def accept_all(ingress: Ingress, raws: list[bytes]) -> tuple[list[str], float]:
+    """Accept everything with IN_FLIGHT concurrent senders; (event ids, start time)."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for raw in raws:
+        queue.put_nowait(raw)
+    ids: list[str] = []
+
+    async def sender() -> None:
+        while not queue.empty():
+            event_id, _ = await accept_one(ingress, queue.get_nowait())
+            ids.append(event_id)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
+    return ids, started
+
+
+async def paced(
+    ingress: Ingress, raws: list[bytes], rate: float
+) -> tuple[dict[str, float], int, float]:
+    """Offer messages at `rate`/s (open loop): each is validated when due, its write runs
+    concurrently. Returns (event id → time of its ingress answer, refusals, achieved
+    offered rate); an ingress that cannot keep up shows as a lower achieved rate."""
+    answered: dict[str, float] = {}
+    failed = 0
+    tasks = []
+
+    async def write(msg: ValidatedMessage) -> None:
+        nonlocal failed
+        try:
+            await ingress.accept(msg, channel="bench")
+        except BrokerUnavailable:
+            failed += 1
+            return
+        answered[msg.event_id] = time.perf_counter()
+
+    start = time.perf_counter()
+    for i, raw in enumerate(raws):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(write(validate_message(raw))))
+    offered = len(raws) / (time.perf_counter() - start)
+    await asyncio.gather(*tasks)
+    return answered, failed, offered
+
+
+@contextlib.asynccontextmanager
+async def worker(bootstrap: str, tmp: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real `carebus run processors` process on the bench broker."""
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    config = tmp / f"{app_id}.toml"
+    config.write_text(
+        f'data_dir = "{tmp / app_id}"\n[kafka]\nbootstrap = "{bootstrap}"\n'
+        f'[processors]\napp_id = "{app_id}"\n'
     )
-    rates: list[float] = []
-    total = 0
+    env = {**os.environ, "CAREBUS_CONFIG": str(config)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bus.cli",
+        "run",
+        "processors",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=open(tmp / f"{app_id}.log", "wb"),  # noqa: ASYNC230 - the child owns it
+        cwd=ROOT,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def profile(pid: int, seconds: float, out: Path) -> asyncio.subprocess.Process | None:
+    """py-spy (sampling, native speed) on the worker while it routes; None if absent."""
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if spy is None:
+        return None
+    return await asyncio.create_subprocess_exec(
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "200",
+        "--format",
+        "speedscope",
+        "--output",
+        str(out),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def run(
+    bootstrap: str,
+    settings: Settings,
+    tmp: Path,
+    *,
+    n: int = 6000,
+    runs: int = 3,
+    loads: tuple[float, ...] = (100, 500, 1000),
+    seconds: float = 8.0,
+) -> list[Figure]:
+    sample = ROOT / "deploy" / "samples" / "annuaire.json"
+    figs: list[Figure] = []
     async with EventProducer(bootstrap, settings.kafka) as producer:
-        for _ in range(runs):
-            events = _events(n)
-            for i in range(0, n, 500):
-                await producer.publish_many((topic_for(e.type), e) for e in events[i : i + 500])
-            total += n
-            ctx = Processors(producer=producer, lookup=directory, policies=settings.sla)
-            async with run_processors(
-                settings, bootstrap, ctx, app_id=f"bench-{uuid.uuid4().hex[:6]}"
-            ):
-                started = time.perf_counter()
-                while len(ctx.dedup) < total:  # noqa: ASYNC110 - polling a counter the agent owns
-                    await asyncio.sleep(0.05)
-                rates.append(total / (time.perf_counter() - started))
+        await publish_directory(from_bytes(sample.read_bytes(), "annuaire.json").entries, producer)
+        ingress = Ingress(producer)
+        tracker = Tracker(bootstrap)
+        await tracker.start()
+        try:
+            async with worker(bootstrap, tmp) as proc:
+                warm = await accept_all(ingress, messages(200))
+                await tracker.wait_for(warm[0], 180)  # the worker is up and warm
+                figs += await _throughput(bootstrap, ingress, tracker, proc, n, runs)
+                figs += await _latencies(ingress, tracker, loads, seconds, runs)
+        finally:
+            await tracker.stop()
+    return figs
+
+
+async def _throughput(
+    bootstrap: str,
+    ingress: Ingress,
+    tracker: Tracker,
+    proc: asyncio.subprocess.Process,
+    n: int,
+    runs: int,
+) -> list[Figure]:
+    rates, limits, ratios, ingress_rates = [], [], [], []
+    for i in range(runs):
+        raws = messages(n)
+        spy = None
+        if i == runs - 1:  # profile the last run
+            spy = await profile(proc.pid, 8, RESULTS / "profile-worker.speedscope.json")
+        ids, started = await accept_all(ingress, raws)
+        ingress_rates.append(n / (time.perf_counter() - started))
+        last = await tracker.wait_for(ids, 300)
+        rate = n / (last - started)
+        if spy is not None:
+            await spy.wait()
+        # the physical limit, same bytes, same broker, same run
+        tag = uuid.uuid4().hex[:8]
+        src = await raw_kafka._topic(bootstrap, f"bench.pipe.src.{tag}")
+        dst = await raw_kafka._topic(bootstrap, f"bench.pipe.dst.{tag}")
+        await raw_kafka.produce_bytes(bootstrap, src, raws)
+        _, through = await raw_kafka.passthrough(bootstrap, src, dst, n)
+        rates.append(rate)
+        limits.append(through)
+        ratios.append(100 * rate / through)
+    size = sum(len(r) for r in messages(50)) // 50 // 1024
     return [
         summarise(
-            "pipeline: events routed per worker (route + SLA agents, work items acked)",
+            f"pipeline: ingress validation → routing → delivery topics ({size} KB avg, "
+            "1 worker process)",
             "events/s",
             rates,
-        )
+        ),
+        summarise(
+            "pipeline: ingress alone (validate + accept, 64 in flight)", "events/s", ingress_rates
+        ),
+        summarise("pipeline limit: aiokafka consume → produce, same bytes", "msgs/s", limits),
+        summarise("pipeline / limit", "%", ratios),
     ]
+
+
+async def _latencies(
+    ingress: Ingress, tracker: Tracker, loads: tuple[float, ...], seconds: float, runs: int
+) -> list[Figure]:
+    figs = []
+    for rate in loads:
+        p50s, p99s, offered, refused = [], [], [], []
+        for _ in range(runs):
+            answered, failed, achieved = await paced(ingress, messages(int(rate * seconds)), rate)
+            await tracker.wait_for(list(answered), 300)
+            lat = sorted((tracker.first[i] - t) * 1000 for i, t in answered.items())
+            p50s.append(lat[len(lat) // 2])
+            p99s.append(lat[min(len(lat) - 1, int(len(lat) * 0.99))])
+            offered.append(achieved)
+            refused.append(float(failed))
+        label = f"ingress answer → first work item @ {rate:g}/s"
+        figs.append(summarise(f"{label}: p50", "ms", p50s))
+        figs.append(summarise(f"{label}: p99", "ms", p99s))
+        figs.append(summarise(f"{label}: offered (achieved)", "events/s", offered))
+        if any(refused):
+            figs.append(summarise(f"{label}: refused (broker too slow)", "count", refused))
+    return figs

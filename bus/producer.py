@@ -58,6 +58,10 @@ class EventProducer:
                     enable_idempotence=True,
                     linger_ms=self._linger_ms,
                     max_request_size=self._max_request_size,
+                    # one batch per partition per request: at aiokafka's 16 KB default a
+                    # 13-26 KB FHIR message is a batch of its own, and idempotent sends
+                    # then go one request at a time per partition
+                    max_batch_size=1 << 20,
                     **self._kafka.client_options(),
                 )
                 try:
