@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import orjson
 
-from bus import metrics
+from bus import metrics, tracing
 from bus.deadletter import rejected_input
 from bus.dedup import Deduplicator
 from bus.producer import EventProducer
 from bus.settings import KafkaSettings
 from schemas.codes import EventType
-from schemas.envelope import Envelope
+from schemas.envelope import H_INGRESS_TIME, Envelope, now_iso
 from schemas.outcome import Issue, IssueCode
 from schemas.task_states import ReferralStates, TransitionRefused
 from schemas.topics import REFERRAL_EVENTS, topic_for
@@ -78,8 +78,20 @@ class Ingress:
             return None  # a retransmission of something accepted is not a new move
         return self.referrals.check(msg.case_id, msg.event_type)
 
-    async def accept(self, msg: ValidatedMessage, *, channel: str, source: str = "") -> Accepted:
-        """Write a validated message to its topic; raises BrokerUnavailable."""
+    async def accept(
+        self,
+        msg: ValidatedMessage,
+        *,
+        channel: str,
+        source: str = "",
+        traceparent: str | None = None,
+    ) -> Accepted:
+        """Write a validated message to its topic; raises BrokerUnavailable.
+
+        The event continues the caller's W3C `traceparent` when it sent a valid one
+        (HTTP), else starts a trace (MLLP); it carries the accept time in
+        `carebus_ingress_time` (end-to-end latency is measured from it).
+        """
         topic = topic_for(msg.event_type)
         if self._acked.seen(msg.event_id):
             metrics.DUPLICATES.labels(channel).inc()
@@ -91,7 +103,10 @@ class Ingress:
             subject=msg.case_id,
             data=msg.raw,
             time=msg.timestamp or _now(),
+            traceparent=tracing.continue_or_start(traceparent),
+            extra_headers=((H_INGRESS_TIME, now_iso().encode()),),
         )
+        tracing.use(env.traceparent)  # this request's log lines carry its trace
         try:
             await self.producer.publish(topic, env)
         except Exception:

@@ -44,12 +44,12 @@ def main(
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.ERROR if not verbose else logging.WARNING)
-    _state["settings"] = load_settings(config)
+    from bus.logs import configure
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    _state["settings"] = s = load_settings(config)
+    # text for humans, JSON lines in containers (CAREBUS_LOG__FORMAT=json); patient guard
+    configure(s.log.format, s.log.level, verbose=verbose)
 
 
 def arun(coro: Coroutine[object, object, T]) -> T:

@@ -101,6 +101,7 @@ def demo_settings(base: Settings, tokens: Tokens) -> Settings:
             "mssante": base.mssante.model_copy(update={"mailbox_port": 0}),
             "dmp": base.dmp.model_copy(update={"store_port": 0}),
             "dashboard": base.dashboard.model_copy(update={"port": 0}),
+            "observability": base.observability.model_copy(update={"metrics_port": 0}),
             "eparcours": base.eparcours.model_copy(
                 update={
                     "allowed_hosts": ["127.0.0.1"],

@@ -45,3 +45,32 @@ OPEN_CONNECTIONS = Gauge(
     "Open MLLP connections",
     registry=REGISTRY,
 )
+
+# end-to-end latency, measured from the inbound event's `carebus_ingress_time` header
+# (the moment ingress accepted it), so it spans processes and includes the broker hops
+_E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+ROUTING_LATENCY = Histogram(
+    "carebus_e2e_routed_seconds",
+    "Ingress accept to work item produced (routing), per channel",
+    ["channel"],
+    registry=REGISTRY,
+    buckets=_E2E_BUCKETS,
+)
+DELIVERY_LATENCY = Histogram(
+    "carebus_e2e_delivered_seconds",
+    "Ingress accept to delivered (the channel adapter's success), per channel",
+    ["channel"],
+    registry=REGISTRY,
+    buckets=_E2E_BUCKETS,
+)
+LATE_DEADLINES = Gauge(
+    "carebus_sla_late_deadlines",
+    "SLA deadlines still pending although their firing time is past (this worker)",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "carebus_consumer_lag",
+    "Records behind the end of the topic (end offsets minus the group's committed offsets)",
+    ["group", "topic"],
+    registry=REGISTRY,
+)

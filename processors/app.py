@@ -37,8 +37,9 @@ from faust.streams import _current_event as _CURRENT_EVENT
 from prometheus_client import Counter, Gauge, Histogram
 
 from adapters.bundle_view import extension
+from bus import tracing
 from bus.deadletter import dead_letter_of, is_replayed
-from bus.metrics import REGISTRY
+from bus.metrics import LATE_DEADLINES, REGISTRY
 from bus.settings import KafkaSettings, Settings
 from processors.context import (
     Processors,
@@ -158,6 +159,9 @@ def create_app(
     parties = app.Table(
         "sla-parties", partitions=SLA_TICKS.partitions, key_type=str, value_type=bytes
     )
+    # due deadlines whose tick was sent but not yet fired: the "late" pending deadlines
+    # (their firing time is past); a backlog here means the agent is behind its clock
+    in_flight: dict[tuple[str, int], int] = {}
 
     async def poison(agent: str, msg: Any, exc: Exception) -> None:
         POISON.labels(agent).inc()
@@ -209,10 +213,12 @@ def create_app(
                 _CURRENT_EVENT.set(weakref.ref(event))
                 msg = event.message
                 if msg.topic == SLA_TICKS.name:
+                    tracing.use(None)
                     await guarded("sla", msg, lambda m=msg: on_tick(m.key.decode(), int(m.value)))
                     continue
                 try:
                     env = Envelope.decode(msg.key, msg.value, msg.headers or [])
+                    tracing.use(env.traceparent)  # its log lines carry its trace
                     read = read_event(env) if msg.topic in inbound_topics else None
                     decision = decide(env, read) if read is not None else None
                 except (ValueError, KeyError, TypeError) as exc:
@@ -230,6 +236,7 @@ def create_app(
                     )
             for _, env, _ in routed:
                 ctx.dedup.mark(env.id)
+            tracing.use(None)
 
     def decide(env: Envelope, read: Read) -> Decision | None:
         if ctx.dedup.seen(env.id) and not is_replayed(env.extra_headers):
@@ -273,6 +280,13 @@ def create_app(
         PENDING.set(len(ctx.queue))
 
     async def on_tick(case_id: str, token: int) -> None:
+        try:
+            await fire_tick(case_id, token)
+        finally:
+            if in_flight.pop((case_id, token), None) is not None:
+                LATE_DEADLINES.set(len(in_flight))
+
+    async def fire_tick(case_id: str, token: int) -> None:
         raw_state = cases.get(case_id)
         if raw_state is None:
             return
@@ -328,6 +342,8 @@ def create_app(
             if i % 5000 == 4999:  # ~0.1 s slices: heartbeats go on during a long rebuild
                 await asyncio.sleep(0)
         PENDING.set(len(ctx.queue))
+        in_flight.clear()  # ticks of a previous assignment: the requeue re-arms them
+        LATE_DEADLINES.set(0)
         log.info(
             "SLA: %d pending deadlines requeued in %.2fs", count, time.perf_counter() - started
         )
@@ -336,9 +352,11 @@ def create_app(
     async def fire_due() -> None:
         due = ctx.queue.pop_due(ctx.clock(), limit=5000)
         for d in due:
+            in_flight[(d.case_id, d.token)] = d.fire_us
             await ticks.send(key=d.case_id.encode(), value=str(d.token).encode())
         if due:
             PENDING.set(len(ctx.queue))
+            LATE_DEADLINES.set(len(in_flight))
 
     return app
 

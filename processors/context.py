@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from bus.deadletter import dead_letter
 from bus.dedup import Deduplicator
-from bus.metrics import REGISTRY
+from bus.metrics import REGISTRY, ROUTING_LATENCY
 from bus.producer import EventProducer
 from processors.consent import ConsentRegistry
 from processors.facts import Read
@@ -27,7 +27,7 @@ from processors.sla.policy import SlaPolicies
 from processors.sla.scheduler import DeadlineQueue
 from schemas.cases import case_ref, patient_keys
 from schemas.codes import EventType
-from schemas.envelope import Envelope
+from schemas.envelope import Envelope, ingress_time
 from schemas.events import build_event
 from schemas.model import BusNoticeInfo
 from schemas.topics import DELIVERY_STATUS, ROUTING_AUDIT, topic_for
@@ -118,9 +118,14 @@ class Processors:
             )
             for w, _ in audit:
                 WITHHELD.labels(w.channel.value, w.reason).inc()
-        for decision, _ in decisions:
+        now = datetime.now(UTC)  # wall clock, not self.clock: it is compared with ingress's
+        for decision, cause in decisions:
+            accepted = ingress_time(cause.extra_headers) if decision.items else None
             for item in decision.items:
                 ROUTED.labels(item.channel.value).inc()
+                if accepted is not None:
+                    seconds = max(0.0, (now - accepted).total_seconds())
+                    ROUTING_LATENCY.labels(item.channel.value).observe(seconds)
 
 
 def with_consent(read: Read, consents: ConsentRegistry | None) -> CaseParties:

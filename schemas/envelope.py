@@ -28,6 +28,9 @@ H_CORRELATION = "ce_correlationid"  # CloudEvents extension: the case
 H_CAUSATION = "ce_causationid"  # CloudEvents extension: the event that caused this one
 H_TRACEPARENT = "traceparent"  # W3C trace context, the name OpenTelemetry propagators use
 H_CONTENT_TYPE = "content-type"
+#: when ingress accepted the inbound event (ISO UTC); kept on the work items it causes,
+#: end-to-end latency (accept → routed, accept → delivered) is measured from it
+H_INGRESS_TIME = "carebus_ingress_time"
 
 _KNOWN = frozenset(
     {
@@ -164,6 +167,18 @@ class Envelope:
             content_type=h.get(H_CONTENT_TYPE) or FHIR_JSON,
             extra_headers=tuple(extra),
         )
+
+
+def ingress_time(headers: Headers | tuple) -> datetime | None:
+    """The `carebus_ingress_time` of an event or work item (None if absent or unreadable)."""
+    raw = header(headers, H_INGRESS_TIME)
+    if not raw:
+        return None
+    try:
+        at = datetime.fromisoformat(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def header(headers: Headers | tuple, name: str) -> bytes | None:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas.envelope import Envelope, Headers, header
+from schemas.envelope import H_INGRESS_TIME, Envelope, Headers, child_traceparent, header
 
 _NS = uuid.UUID("6f0b8a4e-3c55-4c1e-9a59-6f2f1c0a7c11")
 
@@ -79,6 +79,9 @@ class WorkItem:
         ]
         if self.due:
             extra.append((H_ITEM_DUE, self.due.encode()))
+        accepted = header(self.event.extra_headers, H_INGRESS_TIME)
+        if accepted:
+            extra.append((H_INGRESS_TIME, accepted))
         return Envelope(
             id=self.id,
             type=self.event.type,
@@ -88,7 +91,7 @@ class WorkItem:
             time=self.event.time,
             correlation_id=self.event.correlation_id,
             causation_id=self.event.id,
-            traceparent=self.event.traceparent,
+            traceparent=child_traceparent(self.event.traceparent),  # same trace, own span
             content_type=self.event.content_type,
             extra_headers=tuple(extra),
         )

@@ -32,6 +32,7 @@ from adapters.dmp.mhd import (
     parse_transaction_response,
     should_file,
 )
+from bus import tracing
 from bus.settings import DmpSettings
 from schemas.workitem import WorkItem
 
@@ -98,7 +99,11 @@ class DmpAdapter:
                 f"ITI-65 bundle of {len(body)} bytes exceeds {self.settings.max_bundle_bytes}"
             )
         try:
-            resp = await self._client.post(f"{self.base_url}/", content=body, headers=self._headers)
+            resp = await self._client.post(
+                f"{self.base_url}/",
+                content=body,
+                headers=self._headers | tracing.outbound_headers(),
+            )
         except httpx.TimeoutException as exc:
             return Outcome.transient(f"record timed out: {type(exc).__name__}")
         except httpx.TransportError as exc:

@@ -21,6 +21,7 @@ import orjson
 from adapters.eparcours.guard import EndpointPolicy, EndpointRefused
 from adapters.eparcours.notify import SIGNATURE_HEADER, sign
 from adapters.eparcours.registry import SubscriptionRecord
+from bus import tracing
 
 FHIR_JSON = "application/fhir+json"
 SUBSCRIPTION_HEADER = "X-CareBus-Subscription"
@@ -74,7 +75,7 @@ class RestHookSender:
             "Content-Type": FHIR_JSON,
             SIGNATURE_HEADER: sign(body, record.secret),
             SUBSCRIPTION_HEADER: record.id,
-        }
+        } | tracing.outbound_headers()  # W3C traceparent when sent for an event
         extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
         timeout = timeout_s or record.timeout_s or self.timeout_s
         try:

@@ -144,7 +144,9 @@ def create_app(ctx: ApiContext) -> Starlette:
             )
             return await refuse(409, raw, who, [issue], ctype)
         try:
-            accepted = await ctx.ingress.accept(msg, channel="http")
+            accepted = await ctx.ingress.accept(
+                msg, channel="http", traceparent=request.headers.get("traceparent")
+            )
         except BrokerUnavailable:
             return unavailable()
         info = Issue(
