@@ -8,6 +8,8 @@ around it (that is the broker section's business):
 - MSSanté mails/s over STARTTLS with a client certificate (mutual TLS) to the embedded
   `LocalMailbox`, with connection reuse and with one connection per mail (the TLS
   handshake is the cost reuse exists to avoid), sequentially and with a few in flight;
+  with a broker, also the MSSanté delivery worker end to end (its Kafka consumer, the
+  mail, the status event, the commit), one item at a time and with `WIDE` in flight;
 - ITI-65 documents/s to the embedded document store: new documents, then the same work
   items again (conditional-create hits: what a redelivery costs);
 - e-parcours notifications/s to a local webhook receiver through an active
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import orjson
 
-from adapters.delivery import Outcome
+from adapters.delivery import DeliveryWorker, Outcome
 from adapters.dmp.client import DmpAdapter
 from adapters.dmp.store_db import DocumentDB
 from adapters.eparcours.deliver import EparcoursAdapter
@@ -67,7 +69,9 @@ NOTIFICATIONS = 500
 #: with numbering on Kafka each notification waits for one acks=all write: fewer, so
 #: the section stays near its time budget
 DURABLE_NOTIFICATIONS = 150
+WORKER_MAILS = 240  # per run and mode of the delivery-worker figure (80 cases x 3)
 IN_FLIGHT = 4  # the "small concurrency": a worker with a few deliveries outstanding
+WIDE = 8  # the delivery workers' default concurrency (mssante/dmp.concurrency)
 SENDER = "carebus@carebus.mssante.fr"
 #: several mailboxes, as routing fans one event out to several professionals (the
 #: mailbox serialises writes per address, one address would measure that lock)
@@ -237,7 +241,7 @@ def expect(outcomes: list[Outcome], what: str, detail_prefix: str = "") -> None:
 
 
 def _modes() -> tuple[tuple[str, int], ...]:
-    return (("sequential", 1), (f"{IN_FLIGHT} in flight", IN_FLIGHT))
+    return (("sequential", 1), (f"{IN_FLIGHT} in flight", IN_FLIGHT), (f"{WIDE} in flight", WIDE))
 
 
 async def mail_figures(rx: Receivers, data_dir: Path, pki: LocalPki, runs: int) -> list[Figure]:
@@ -280,6 +284,104 @@ async def mail_figures(rx: Receivers, data_dir: Path, pki: LocalPki, runs: int) 
         )
     )
     return figures
+
+
+class _Sandboxed(EventProducer):
+    """Everything the worker writes (status events, dead letters) goes to the bench's
+    throwaway topic, never to the real care.delivery.status or dead-letter topics."""
+
+    def __init__(self, bootstrap: str, kafka: KafkaSettings, sink: str) -> None:
+        super().__init__(bootstrap, kafka)
+        self.sink = sink
+
+    async def send_raw(self, topic: str, key, value, headers):  # type: ignore[no-untyped-def]
+        return await super().send_raw(self.sink, key, value, headers)
+
+
+class _Timed:
+    """The adapter, plus when the first delivery started and the last one ended."""
+
+    def __init__(self, adapter: MssanteAdapter) -> None:
+        self.adapter, self.name = adapter, adapter.name
+        self.first = self.last = 0.0
+
+    async def deliver(self, item: WorkItem, bundle: dict) -> Outcome:
+        self.first = self.first or time.perf_counter()
+        outcome = await self.adapter.deliver(item, bundle)
+        self.last = time.perf_counter()
+        return outcome
+
+
+@contextlib.asynccontextmanager
+async def throwaway_topics(
+    bootstrap: str, kafka: KafkaSettings, count: int, partitions: int = 6
+) -> AsyncIterator[list[str]]:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    names = [f"bench.delivery.{uuid.uuid4().hex[:8]}" for _ in range(count)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **kafka.client_options())
+    await admin.start()
+    try:
+        rf = kafka.replication_factor
+        await admin.create_topics([NewTopic(n, partitions, rf) for n in names])
+        try:
+            yield names
+        finally:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+async def worker_figures(
+    rx: Receivers, data_dir: Path, pki: LocalPki, bootstrap: str, kafka: KafkaSettings, runs: int
+) -> list[Figure]:
+    """The MSSanté delivery worker end to end: work items on a 6-partition topic (3 mails
+    per case, as an A01 owes), drained by `DeliveryWorker`'s consumer (dedup, status
+    event acks=all per mail, commit after each batch) with concurrency 1 and `WIDE`."""
+    ctx = client_context(pki.ca_cert, pki.client_cert, pki.client_key)
+    target = SmtpTarget("127.0.0.1", rx.smtp, ctx, timeout_s=15)
+    index = SentIndex(data_dir)
+    modes = (("one at a time", 1), (f"concurrency {WIDE}", WIDE))
+    rates: dict[str, list[float]] = {}
+    before = sum(len(message_files(data_dir, a)) for a in MAILBOXES)
+    sent = 0
+    async with throwaway_topics(bootstrap, kafka, 1 + runs * len(modes)) as topics:
+        sink, todo = topics[0], iter(topics[1:])
+        async with _Sandboxed(bootstrap, kafka, sink) as producer:
+            for _ in range(runs):
+                for mode, concurrency in modes:
+                    topic, jobs = next(todo), mail_jobs(WORKER_MAILS)
+                    envs = []
+                    for i, (item, _) in enumerate(jobs):
+                        case = f"referral/https://carebus.fr/fhir/sid/referral|ADR-BENCH-{i // 3}"
+                        env = replace(item.event, subject=case)
+                        envs.append(WorkItem(env, item.channel, item.recipient, item.due))
+                    await producer.publish_many([(topic, w.envelope()) for w in envs])
+                    timed = _Timed(MssanteAdapter(target, sender=SENDER, index=index))
+                    consumer = DeliveryWorker(timed, producer).consumer(  # type: ignore[arg-type]
+                        bootstrap,
+                        kafka,
+                        topic,
+                        concurrency=concurrency,
+                        group=f"bench-{topic}",
+                    )
+                    await consumer.start()
+                    try:
+                        end = time.monotonic() + 600
+                        while consumer.processed < len(envs) and time.monotonic() < end:
+                            await consumer.poll_once()
+                    finally:
+                        await consumer.stop()
+                        await timed.adapter.aclose()
+                    if consumer.processed != len(envs) or consumer.dead_lettered:
+                        raise RuntimeError(f"worker ({mode}): {consumer.processed} processed")
+                    sent += len(envs)
+                    name = f"MSSanté delivery worker (consumer + mail + status), {mode}"
+                    rates.setdefault(name, []).append(len(envs) / (timed.last - timed.first))
+    stored = sum(len(message_files(data_dir, a)) for a in MAILBOXES) - before
+    if stored != sent:
+        raise RuntimeError(f"mailbox got {stored} new mails from the worker, {sent} were sent")
+    return [summarise(name, "mails/s", v) for name, v in rates.items()]
 
 
 async def record_figures(rx: Receivers, runs: int) -> tuple[list[Figure], int]:
@@ -396,6 +498,10 @@ async def run(
         pki = await asyncio.to_thread(ensure_local_pki, data_dir)  # child reuses it
         async with receivers(data_dir) as rx:
             figures += await mail_figures(rx, data_dir, pki, runs)
+            if bootstrap:
+                figures += await worker_figures(
+                    rx, data_dir, pki, bootstrap, kafka or KafkaSettings(), runs
+                )
             record, created = await record_figures(rx, runs)
             figures += record
             notes, posts = await notification_figures(rx, runs, None, "unused", NOTIFICATIONS)

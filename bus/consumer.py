@@ -9,6 +9,13 @@ Ack policy (every CareBus consumer built on this states it by using it):
 - a record that is not a CareBus event (bad CloudEvents headers) is dead-lettered at once;
 - if the dead-letter write itself fails (broker gone), nothing is committed and the
   consumer stops: the records come back on restart instead of being lost.
+
+Concurrency (`ConsumerConfig.concurrency`, 1 = strictly sequential): the records of a
+polled batch are grouped by (partition, key) — the key is the case id, so a group is
+one case — groups run concurrently, at most `concurrency` records being handled at
+once, and the records of a group one after the other in offset order. The batch is
+committed only once every group has finished; a record waiting out a retry backoff
+gives its slot back (`slot_released`), so a failing key does not hold up the others.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
+from bus import tracing
 from bus.deadletter import dead_letter_of, is_replayed
 from bus.dedup import Deduplicator
 from bus.producer import EventProducer
@@ -55,6 +64,54 @@ class ConsumerConfig:
     max_backoff_s: float = 5.0
     auto_offset_reset: str = "earliest"
     commit_policy: CommitPolicy = CommitPolicy.AFTER_BATCH
+    concurrency: int = 1  # records handled at once (per-key order kept); 1 = sequential
+
+
+class _Slot:
+    """One record's share of the consumer's concurrency, which it can lend back."""
+
+    __slots__ = ("_sem", "held")
+
+    def __init__(self, sem: asyncio.Semaphore) -> None:
+        self._sem = sem
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self._sem.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._sem.release()
+
+
+_SLOT: ContextVar[_Slot | None] = ContextVar("carebus_consumer_slot", default=None)
+
+
+@contextlib.asynccontextmanager
+async def slot_released() -> AsyncIterator[None]:
+    """Give the current record's concurrency slot back for the duration (a retry
+    backoff): other keys use it meanwhile. A no-op outside a concurrent consumer."""
+    slot = _SLOT.get()
+    if slot is None or not slot.held:
+        yield
+        return
+    slot.release()
+    try:
+        yield
+    finally:
+        await slot.acquire()
+
+
+def key_groups(records: list[ConsumerRecord]) -> list[list[ConsumerRecord]]:
+    """The records of one partition's batch grouped by key, each group in offset order
+    (groups in order of first appearance). Keyless records form one group: without a
+    key, partition order is the only order there is."""
+    groups: dict[bytes | None, list[ConsumerRecord]] = {}
+    for record in records:
+        groups.setdefault(record.key, []).append(record)
+    return list(groups.values())
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -129,13 +186,52 @@ class EventConsumer:
         batches = await self._consumer.getmany(
             timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_batch
         )
+        if self.config.concurrency <= 1:
+            count = 0
+            for tp, records in batches.items():
+                for record in records:
+                    await self._process(record)
+                    self._pending[tp] = record.offset + 1
+                    count += 1
+        else:
+            count = await self._process_concurrently(batches)
+        await self.commit_pending()
+        return count
+
+    async def _process_concurrently(self, batches: dict[TopicPartition, list]) -> int:
+        """Every record of the batch, key groups in parallel (see the module docstring);
+        returns only when all are finished. Offsets then advance per partition over the
+        contiguous finished prefix: if a group failed (dead-letter write refused), the
+        others still finish, what precedes the failure stays committable, and the first
+        error is raised so that nothing past it is committed."""
+        slots = asyncio.Semaphore(self.config.concurrency)
+        done: set[tuple[TopicPartition, int]] = set()
+
+        async def run_group(tp: TopicPartition, group: list[ConsumerRecord]) -> None:
+            slot = _Slot(slots)
+            _SLOT.set(slot)  # this task's own context: seen by the handler it awaits
+            for record in group:
+                await slot.acquire()
+                try:
+                    await self._process(record)
+                finally:
+                    slot.release()
+                done.add((tp, record.offset))
+
+        jobs = [
+            run_group(tp, group) for tp, records in batches.items() for group in key_groups(records)
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
         count = 0
         for tp, records in batches.items():
             for record in records:
-                await self._process(record)
+                if (tp, record.offset) not in done:
+                    break
                 self._pending[tp] = record.offset + 1
                 count += 1
-        await self.commit_pending()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return count
 
     async def _process(self, record: ConsumerRecord) -> None:
@@ -147,6 +243,13 @@ class EventConsumer:
         if self.dedup.seen(env.id) and not is_replayed(env.extra_headers):
             self.duplicates += 1
             return
+        token = tracing.use(env.traceparent)  # log lines and outbound calls carry its trace
+        try:
+            await self._handle(env, record)
+        finally:
+            tracing.reset(token)
+
+    async def _handle(self, env: Envelope, record: ConsumerRecord) -> None:
         delay = self.config.backoff_s
         for attempt in range(1, self.config.retries + 2):
             try:
@@ -159,7 +262,8 @@ class EventConsumer:
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
                     return
                 log.warning("event %s failed (attempt %d): %s", env.id, attempt, type(exc).__name__)
-                await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
+                async with slot_released():
+                    await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 delay = min(delay * 2, self.config.max_backoff_s)
             else:
                 self.dedup.mark(env.id)

@@ -150,7 +150,9 @@ class MssanteSettings(BaseModel):
     password: SecretStr | None = None
     timeout_s: float = 30.0
     reuse_connection: bool = True  # keep SMTP connections open between messages
-    pool_size: int = 2  # SMTP connections kept open at most
+    pool_size: int = 8  # SMTP sessions at once (and kept open) at most
+    #: work items delivered at once (per-case order kept); above pool_size they queue
+    concurrency: int = Field(default=8, ge=1, le=256)
     # the embedded local mailbox (used when host is "")
     mailbox_host: str = "127.0.0.1"
     mailbox_port: int = 2587  # 0: pick a free port
@@ -171,6 +173,7 @@ class DmpSettings(BaseModel):
     client_cert: Path | None = None  # mutual TLS towards the record, when it asks for it
     client_key: Path | None = None
     timeout_s: float = 15.0
+    concurrency: int = Field(default=8, ge=1, le=256)  # ITI-65 in flight (per-case order)
     max_bundle_bytes: int = 20_000_000  # ITI-65 body limit, client and embedded store alike
     # the embedded store (used when base_url is empty)
     store_host: str = "127.0.0.1"  # a non-loopback host requires `token`
@@ -190,6 +193,9 @@ class EparcoursSettings(BaseModel):
     ca_file: Path | None = None  # CA bundle to verify the platforms' certificates
     base_url: str = ""  # public FHIR base in notifications; empty: http://<http.host>:<port>/fhir
     timeout_s: float = 10.0  # per notification POST
+    #: notifications in flight (per-case order kept; across cases, event numbers may
+    #: reach a platform out of order, which the backport IG lets subscribers handle)
+    concurrency: int = Field(default=4, ge=1, le=256)
     handshake_timeout_s: float = 5.0
     max_attempts: int = 6  # then the subscription goes to status error
     backoff_base_s: float = 1.0
@@ -280,6 +286,24 @@ class DashboardSettings(BaseModel):
     refresh_s: float = 2.0  # how often an open page checks for news
 
 
+class LogSettings(BaseModel):
+    """Logging (`CAREBUS_LOG__FORMAT=json` in containers): text for humans, or one JSON
+    object per line (time, level, logger, message, trace_id/span_id when known)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None  # None: -v decides
+
+
+class ObservabilitySettings(BaseModel):
+    """The per-process Prometheus endpoint (`GET /metrics`, no token: bind it to a
+    private address) and the consumer-lag sampler feeding it."""
+
+    metrics_enabled: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # CAREBUS_OBSERVABILITY__METRICS_PORT; 0 = any free port
+    lag_interval_s: float = 10.0  # consumer lag sampling period (0 = no sampling)
+
+
 class Settings(BaseSettings):
     """All of CareBus's configuration. See README "Configuration"."""
 
@@ -301,6 +325,8 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     processors: ProcessorsSettings = ProcessorsSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    log: LogSettings = LogSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
     #: SLA policies per event type and priority, business calendar (see docs/sla.md)
     sla: SlaPolicies = Field(default_factory=SlaPolicies)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from bus.consumer import EventConsumer
+from bus.logs import install_guard
 from bus.producer import EventProducer
 from bus.runtime import broker
 from bus.settings import Settings
@@ -38,6 +39,7 @@ class Running:
     endpoints: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     dmp_url: str = ""
+    groups: list[str] = field(default_factory=list)  # consumer groups this process runs
 
 
 def _task(
@@ -54,8 +56,15 @@ def _task(
     return task
 
 
-async def _consume(stack: contextlib.AsyncExitStack, consumer: EventConsumer, name: str) -> None:
+async def _consume(
+    stack: contextlib.AsyncExitStack,
+    consumer: EventConsumer,
+    name: str,
+    running: Running | None = None,
+) -> None:
     """Run an EventConsumer until shutdown, then let it commit and leave the group."""
+    if running is not None:
+        running.groups.append(consumer.config.group_id)
     stop = asyncio.Event()
     await consumer.start()
     task = asyncio.create_task(consumer.run(stop), name=name)
@@ -88,6 +97,7 @@ async def run_stack(settings: Settings, roles: tuple[str, ...] = ROLES) -> Async
     from processors.directory.feed import DirectoryFeed
     from processors.directory.model import Directory, territory_from_settings
 
+    install_guard()  # no patient data in any log line of this process, whatever the handler
     async with contextlib.AsyncExitStack() as stack:
         bootstrap = await stack.enter_async_context(broker(settings))
         running = Running(bootstrap)
@@ -119,6 +129,7 @@ async def run_stack(settings: Settings, roles: tuple[str, ...] = ROLES) -> Async
             await _ingress(stack, settings, running, producer, service)
         if "dashboard" in roles:
             await _dashboard(stack, settings, running, producer)
+        await _observability(stack, settings, running)
         running.endpoints["kafka"] = bootstrap
         yield running
 
@@ -146,6 +157,7 @@ async def _processors(
         run_processors(settings, running.bootstrap, ctx, app_id=settings.processors.app_id)
     )
     running.endpoints["processors"] = "routing + SLA agents (faust)"
+    running.groups.append(settings.processors.app_id)
 
 
 async def _adapters(
@@ -182,8 +194,11 @@ async def _adapters(
     stack.push_async_callback(mail.aclose)
     await _consume(
         stack,
-        DeliveryWorker(mail, producer).consumer(bootstrap, kafka, DELIVERY_MSSANTE.name),
+        DeliveryWorker(mail, producer).consumer(
+            bootstrap, kafka, DELIVERY_MSSANTE.name, concurrency=settings.mssante.concurrency
+        ),
         "deliver-mssante",
+        running,
     )
     if settings.mssante.imap_host:
         poller = ReceiptPoller.from_settings(settings, producer)
@@ -200,13 +215,21 @@ async def _adapters(
     stack.push_async_callback(record.aclose)
     await _consume(
         stack,
-        DeliveryWorker(record, producer).consumer(bootstrap, kafka, DELIVERY_DMP.name),
+        DeliveryWorker(record, producer).consumer(
+            bootstrap, kafka, DELIVERY_DMP.name, concurrency=settings.dmp.concurrency
+        ),
         "deliver-dmp",
+        running,
     )
     # e-parcours rest-hooks and heartbeats
     platforms = EparcoursWorker(service, producer, retry=retry_policy(settings.eparcours))
     await _consume(
-        stack, platforms.consumer(bootstrap, kafka, DELIVERY_EPARCOURS.name), "deliver-eparcours"
+        stack,
+        platforms.consumer(
+            bootstrap, kafka, DELIVERY_EPARCOURS.name, concurrency=settings.eparcours.concurrency
+        ),
+        "deliver-eparcours",
+        running,
     )
     stop_beats = asyncio.Event()
     stack.callback(stop_beats.set)
@@ -272,3 +295,33 @@ async def _dashboard(
         )
     running.endpoints["dashboard"] = where
     running.ports["dashboard"] = dash.port
+
+
+async def _observability(
+    stack: contextlib.AsyncExitStack, settings: Settings, running: Running
+) -> None:
+    """This process's /metrics endpoint and its consumer-lag sampler."""
+    from bus.observability import run_lag_sampler, serve_metrics
+
+    o = settings.observability
+    if o.metrics_enabled:
+        try:
+            port = await stack.enter_async_context(serve_metrics(o.metrics_host, o.metrics_port))
+        except (OSError, SystemExit) as exc:  # uvicorn exits on a bind error
+            # metrics are not worth refusing to carry care messages: say it loudly
+            log.error(
+                "metrics endpoint not started on %s:%d: %s", o.metrics_host, o.metrics_port, exc
+            )
+        else:
+            running.endpoints["metrics"] = f"http://{o.metrics_host}:{port}/metrics"
+            running.ports["metrics"] = port
+    if running.groups and o.lag_interval_s > 0:
+        stop = asyncio.Event()
+        stack.callback(stop.set)
+        _task(
+            stack,
+            run_lag_sampler(
+                running.bootstrap, settings.kafka, running.groups, o.lag_interval_s, stop
+            ),
+            "consumer-lag",
+        )

@@ -14,11 +14,18 @@ Writes are durable and idempotent, because the bus delivers at least once:
 - a redelivery with the same Message-ID finds the claim and is accepted (`250`, the
   sender must not retry) without a second file, so the receiver sees one effect;
 - a claim left by a crash before the rename points at no file and is replaced.
+
+Concurrent sessions (the delivery worker sends `mssante.concurrency` mails at once over
+up to `mssante.pool_size` connections): each session is its own aiosmtpd protocol; the
+blocking write + fsyncs run on the handler's own thread pool (`writers` threads, so the
+fsyncs of parallel sessions overlap instead of queueing behind the loop's default pool),
+serialised only per mailbox address (`_lock_for`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -27,6 +34,7 @@ import secrets
 import ssl
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
@@ -179,9 +187,27 @@ class MailboxHandler:
     Subclass and override `handle_DATA` to simulate a failing server in tests.
     """
 
-    def __init__(self, data_dir: Path, *, require_client_cert: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, *, require_client_cert: bool = True, writers: int = 16
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.require_client_cert = require_client_cert
+        self.writers = max(1, writers)
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def store(self, address: str, raw: bytes, now: datetime) -> Stored:
+        """`store_message` on the writer threads (the event loop never waits on fsync)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="mailbox-write")
+        call = functools.partial(store_message, self.data_dir, address, raw, now=now)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        """Let the writer threads go once their writes are done (a later store starts
+        new ones)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
@@ -221,9 +247,7 @@ class MailboxHandler:
                 f"{format_datetime(now)}\r\n"
             ).encode("utf-8", "replace")
             try:
-                stored = await asyncio.to_thread(
-                    store_message, self.data_dir, rcpt, trace + raw, now=now
-                )
+                stored = await self.store(rcpt, trace + raw, now)
             except OSError as exc:  # disk full, quota, I/O error: the sender must retry
                 log.error("mailbox %s: cannot store a message: %s", rcpt, exc)
                 return "452 4.3.1 Insufficient system storage, try again later"
@@ -328,6 +352,7 @@ class LocalMailbox:
                 smtp.transport.close()
         self._sessions.clear()
         await server.wait_closed()
+        self.handler.close()
 
     async def __aenter__(self) -> LocalMailbox:
         await self.start()

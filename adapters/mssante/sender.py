@@ -17,6 +17,9 @@ dead letters); this module only sends and says truthfully what happened:
   (TLS handshakes dominate the cost of small mails); a pooled connection the server
   has since closed is replaced once, transparently. `reuse=False` opens one
   connection per message (the benchmark compares both).
+- **Parallel sessions**: `pool_size` is also how many SMTP transactions run at once
+  (the delivery worker hands over `mssante.concurrency` items at a time; more than
+  `pool_size` wait for a connection). The mail is built before a connection is taken.
 - The password is a `SecretStr`, unwrapped only when handed to aiosmtplib; it never
   reaches a log line or an outcome.
 """
@@ -156,7 +159,7 @@ class MssanteAdapter:
         read_receipt_to: str | None = None,
         product_ref: str = "",
         reuse: bool = True,
-        pool_size: int = 2,
+        pool_size: int = 8,
         index: SentIndex | None = None,
     ) -> None:
         self.target = target

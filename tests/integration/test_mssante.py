@@ -5,6 +5,7 @@ stored, what the IMAP folder still holds, what the broker carries."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import uuid
 import zipfile
@@ -15,6 +16,7 @@ import aiosmtplib
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from pydantic import SecretStr
@@ -304,6 +306,85 @@ class TestMailDeliveryWorker:
         assert out.detail.endswith("stored 0/1")
         (msg,) = list_messages(tmp_path, CARDIO)
         assert msg["Message-ID"] == message_id(item.id)
+
+    async def test_concurrent_worker_keeps_case_order_over_parallel_sessions(
+        self,
+        pki: LocalPki,
+        tmp_path: Path,
+        producer: EventProducer,
+        catalog_applied: str,
+        settings: Settings,
+    ) -> None:
+        """The worker's consumer with concurrency: several SMTP sessions at once, each
+        case's mails stored in offset order, one slow mailbox not holding up the rest."""
+        topic = f"t.mail.concurrent.{uuid.uuid4().hex[:8]}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=catalog_applied)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1)])
+        finally:
+            await admin.close()
+        box_of = [f"dr.case{k}@cabinet-par.mssante.fr" for k in range(6)]
+        handler = ParallelHandler(tmp_path, slow=box_of[0])
+        cases = [f"ADR-PAR-{uuid.uuid4().hex[:6]}-{k}" for k in range(6)]
+        items: dict[str, list[WorkItem]] = {}
+        for _ in range(3):
+            for k, case in enumerate(cases):
+                item, _ = work_item(address=box_of[k])
+                env = dataclasses.replace(
+                    item.event, subject=f"referral/https://carebus.fr/fhir/sid/referral|{case}"
+                )
+                items.setdefault(case, []).append(WorkItem(env, item.channel, item.recipient))
+        await producer.publish_many(
+            [(topic, items[c][n].envelope()) for n in range(3) for c in cases]
+        )
+        async with LocalMailbox(tmp_path, pki=pki, handler=handler) as box:
+            adapter = adapter_for(box.port, pki, tmp_path)
+            worker = DeliveryWorker(adapter, producer, retry=FAST)
+            consumer = worker.consumer(catalog_applied, settings.kafka, topic, concurrency=8)
+            await consumer.start()
+            try:
+                end = asyncio.get_running_loop().time() + 30
+                while consumer.processed < 18:
+                    assert asyncio.get_running_loop().time() < end, consumer.processed
+                    await consumer.poll_once()
+            finally:
+                await consumer.stop()
+                await adapter.aclose()
+        assert consumer.dead_lettered == 0
+        assert handler.max_active >= 4, handler.max_active  # parallel SMTP transactions
+        assert len(handler.peers) >= 4  # ... over distinct pooled connections
+        for k, case in enumerate(cases):
+            got = [m["Message-ID"] for m in list_messages(tmp_path, box_of[k])]
+            assert got == [message_id(i.id) for i in items[case]], case
+        slow_done = handler.done[box_of[0]]
+        others_done = max(t for a, t in handler.done.items() if a != box_of[0])
+        assert others_done < slow_done  # the slow mailbox's case did not hold up the rest
+
+
+class ParallelHandler(MailboxHandler):
+    """The embedded mailbox's handler, counting DATA transactions in progress; one
+    mailbox answers slowly."""
+
+    def __init__(self, data_dir: Path, *, slow: str) -> None:
+        super().__init__(data_dir)
+        self.slow = slow
+        self.active = self.max_active = 0
+        self.peers: set[object] = set()
+        self.done: dict[str, float] = {}
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SmtpEnvelope) -> str:
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self.peers.add(session.peer)
+        try:
+            await asyncio.sleep(0.4 if self.slow in envelope.rcpt_tos else 0.05)
+            reply = await super().handle_DATA(server, session, envelope)
+        finally:
+            self.active -= 1
+        for rcpt in envelope.rcpt_tos:
+            self.done[rcpt] = asyncio.get_running_loop().time()
+        return reply
 
 
 @pytest.mark.kafka

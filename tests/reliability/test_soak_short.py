@@ -1,9 +1,11 @@
 """The soak (bench/soak.py) in short, for CI: 10 s at 30 events/s, invariant at the end.
 
-Why not 100 events/s: each A01 owes three mails (GP, care team, coordinator) and the
-MSSanté delivery worker sustains ~27 mails/s on the 2-core CI machine (one consumer,
-one fsync per mail), so at 100 events/s the backlog takes minutes to drain. The
-5-minute run is `make soak` (SOAK_RATE / SOAK_SECONDS to tune)."""
+Why not 100 events/s: each A01 owes three mails (GP, care team, coordinator). The
+MSSanté worker delivers `mssante.concurrency` (8) mails at once, but on the 2-core CI
+machine the one `carebus up` process is CPU-bound (mail building, TLS on both ends,
+broker and load generator alongside): ~30-50 mails/s, so at 100 events/s the backlog
+still takes minutes to drain. The 5-minute run is `make soak` (SOAK_RATE / SOAK_SECONDS
+to tune)."""
 
 from __future__ import annotations
 

@@ -109,3 +109,57 @@ def test_exports_describe_every_topic_and_header() -> None:
     assert doc["asyncapi"].startswith("3.")
     assert {c["address"] for c in doc["channels"].values()} == {t.name for t in CATALOG}
     assert "referral_requested" in doc["components"]["messages"]
+
+
+def test_key_groups_keep_offset_order_within_a_key() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    from bus.consumer import key_groups
+
+    def rec(offset: int, key: bytes | None) -> ConsumerRecord:
+        return ConsumerRecord("t", 0, offset, 0, 0, key, b"", None, 0, 0, [])
+
+    keys = [b"a", b"b", b"a", None, b"c", b"b", None, b"a"]
+    groups = key_groups([rec(i, k) for i, k in enumerate(keys)])
+    assert [[r.offset for r in g] for g in groups] == [[0, 2, 7], [1, 5], [3, 6], [4]]
+
+
+async def test_slot_released_lends_the_slot_during_a_wait() -> None:
+    import asyncio
+
+    from bus.consumer import _SLOT, _Slot, slot_released
+
+    sem = asyncio.Semaphore(1)
+    order: list[str] = []
+
+    async def backing_off() -> None:
+        slot = _Slot(sem)
+        _SLOT.set(slot)
+        await slot.acquire()
+        async with slot_released():  # a backoff: the other key runs meanwhile
+            order.append("backoff")
+            await asyncio.sleep(0.05)
+        assert slot.held  # taken back before the next attempt
+        order.append("retry")
+        slot.release()
+
+    async def other() -> None:
+        await asyncio.sleep(0.01)
+        async with sem:
+            order.append("other")
+
+    await asyncio.gather(backing_off(), other())
+    assert order == ["backoff", "other", "retry"]
+    async with slot_released():  # outside a concurrent consumer: a no-op
+        pass
+
+
+def test_delivery_concurrency_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAREBUS_CONFIG", raising=False)
+    monkeypatch.setenv("CAREBUS_MSSANTE__CONCURRENCY", "16")
+    s = load_settings(None)
+    assert s.mssante.concurrency == 16 and s.mssante.pool_size >= 8
+    assert s.dmp.concurrency >= 1 and s.eparcours.concurrency >= 1
+    monkeypatch.setenv("CAREBUS_DMP__CONCURRENCY", "0")
+    with pytest.raises(ValueError, match="concurrency"):
+        load_settings(None)
