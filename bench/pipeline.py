@@ -50,12 +50,30 @@ from schemas.codes import EventType
 from schemas.envelope import Envelope
 from schemas.events import build_event
 from schemas.samples import expertise_info, referral_info, stay_info
-from schemas.topics import DELIVERY_DMP, DELIVERY_EPARCOURS, DELIVERY_MSSANTE, topic_for
+from schemas.topics import (
+    DELIVERY_DMP,
+    DELIVERY_EPARCOURS,
+    DELIVERY_MSSANTE,
+    DELIVERY_STATUS,
+    EXPERTISE_EVENTS,
+    REFERRAL_EVENTS,
+    SLA_TICKS,
+    STAY_EVENTS,
+    topic_for,
+)
 from schemas.validate import ValidatedMessage, validate_message
 from schemas.workitem import H_ITEM_EVENT
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "bench" / "results"
+#: what a processors group consumes (start_at_end commits their ends for a new group)
+INBOUND_TOPICS = (
+    REFERRAL_EVENTS.name,
+    STAY_EVENTS.name,
+    EXPERTISE_EVENTS.name,
+    DELIVERY_STATUS.name,
+    SLA_TICKS.name,
+)
 IN_FLIGHT = 64  # concurrent accepts, as many HTTP/MLLP connections would give
 
 
@@ -206,32 +224,63 @@ async def paced(
     return answered, failed, offered
 
 
+async def start_at_end(bootstrap: str, group: str) -> None:
+    """Commit the inbound topics' end offsets for a new consumer group, so its workers
+    route only what is written from now on (faust would start a new group at the
+    earliest offset and first re-route every earlier benchmark's events)."""
+    consumer = AIOKafkaConsumer(
+        *INBOUND_TOPICS, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        while not consumer.assignment():  # noqa: ASYNC110 - aiokafka has no event for it
+            await asyncio.sleep(0.05)
+        parts = list(consumer.assignment())
+        ends = await consumer.end_offsets(parts)
+        await consumer.commit(dict(ends.items()))
+    finally:
+        await consumer.stop()
+
+
 @contextlib.asynccontextmanager
-async def worker(bootstrap: str, tmp: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A real `carebus run processors` process on the bench broker."""
+async def workers(
+    bootstrap: str, tmp: Path, count: int = 1
+) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """`count` real `carebus run processors` processes in one new consumer group."""
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    await start_at_end(bootstrap, app_id)
     config = tmp / f"{app_id}.toml"
     config.write_text(
         f'data_dir = "{tmp / app_id}"\n[kafka]\nbootstrap = "{bootstrap}"\n'
-        f'[processors]\napp_id = "{app_id}"\n'
+        f'[processors]\napp_id = "{app_id}"\n[observability]\nport = 0\n'
     )
-    env = {**os.environ, "CAREBUS_CONFIG": str(config)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bus.cli",
-        "run",
-        "processors",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=open(tmp / f"{app_id}.log", "wb"),  # noqa: ASYNC230 - the child owns it
-        cwd=ROOT,
-    )
+    procs = []
     try:
-        yield proc
+        for i in range(count):
+            env = {
+                **os.environ,
+                "CAREBUS_CONFIG": str(config),
+                "CAREBUS_DATA_DIR": str(tmp / f"{app_id}-{i}"),
+            }
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bus.cli",
+                    "run",
+                    "processors",
+                    env=env,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=open(tmp / f"{app_id}-{i}.log", "wb"),  # noqa: ASYNC230
+                    cwd=ROOT,
+                )
+            )
+        yield procs
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             try:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
@@ -280,11 +329,12 @@ async def run(
         tracker = Tracker(bootstrap)
         await tracker.start()
         try:
-            async with worker(bootstrap, tmp) as proc:
+            async with workers(bootstrap, tmp) as (proc,):
                 warm = await accept_all(ingress, messages(200))
                 await tracker.wait_for(warm[0], 180)  # the worker is up and warm
                 figs += await _throughput(bootstrap, ingress, tracker, proc, n, runs)
                 figs += await _latencies(ingress, tracker, loads, seconds, runs)
+            figs += await _scaling(ingress, tracker, tmp, bootstrap, n, runs)
         finally:
             await tracker.stop()
     return figs
@@ -347,6 +397,34 @@ async def _throughput(
         summarise("pipeline limit: aiokafka consume → produce, same bytes", "msgs/s", limits),
         summarise("pipeline / limit", "%", ratios),
     ]
+
+
+async def _scaling(
+    ingress: Ingress, tracker: Tracker, tmp: Path, bootstrap: str, n: int, runs: int
+) -> list[Figure]:
+    """Worker-alone throughput with 1, 2 and 3 processes in one group (issue 7)."""
+    figs = []
+    for count in (1, 2, 3):
+        rates = []
+        async with workers(bootstrap, tmp, count):
+            warm = await accept_all(ingress, messages(300))
+            await tracker.wait_for(warm[0], 180)  # every worker joined and is warm
+            for _ in range(runs):
+                backlog = [validate_message(raw) for raw in messages(n)]
+                started = time.perf_counter()
+                await ingress.producer.publish_many(
+                    (topic_for(m.event_type), _envelope(m)) for m in backlog
+                )
+                last = await tracker.wait_for([m.event_id for m in backlog], 300)
+                rates.append(n / (last - started))
+        figs.append(
+            summarise(
+                f"scale-out: {count} worker process(es), backlog → delivery topics",
+                "events/s",
+                rates,
+            )
+        )
+    return figs
 
 
 async def _latencies(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -26,7 +27,18 @@ async def serve(app: object, host: str, port: int, **options: object) -> AsyncIt
     # CareBus owns SIGINT/SIGTERM and stops every component in order; uvicorn must not
     # replace those handlers (it would, and re-raise the signal after its own shutdown).
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
+    # Bind here: a taken port is then an OSError for the caller. Left to uvicorn, it is a
+    # sys.exit(1) inside a task, which asyncio re-raises out of the event loop and kills
+    # the whole process (a second worker on one host died of its metrics port).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()  # raises the bind error

@@ -351,9 +351,18 @@ def create_app(
     @app.timer(ctx.tick_interval_s)
     async def fire_due() -> None:
         due = ctx.queue.pop_due(ctx.clock(), limit=5000)
-        for d in due:
-            in_flight[(d.case_id, d.token)] = d.fire_us
-            await ticks.send(key=d.case_id.encode(), value=str(d.token).encode())
+        sent = 0
+        try:
+            for d in due:
+                in_flight[(d.case_id, d.token)] = d.fire_us
+                await ticks.send(key=d.case_id.encode(), value=str(d.token).encode())
+                sent += 1
+        finally:
+            # popped but not handed to the producer (the timer cancelled by a rebalance,
+            # a send refused): back in the queue, or the deadline would never fire
+            for d in due[sent:]:
+                in_flight.pop((d.case_id, d.token), None)
+                ctx.queue.schedule(d.case_id, d.fire_at, d.token)
         if due:
             PENDING.set(len(ctx.queue))
             LATE_DEADLINES.set(len(in_flight))
