@@ -32,6 +32,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -40,7 +41,6 @@ from aiokafka import AIOKafkaConsumer
 from adapters.ingress import Ingress
 from bench import broker as raw_kafka
 from bench.stats import Figure, summarise
-from bench.validation import large_referral
 from bus.errors import BrokerUnavailable
 from bus.producer import EventProducer
 from bus.settings import Settings
@@ -78,27 +78,37 @@ IN_FLIGHT = 64  # concurrent accepts, as many HTTP/MLLP connections would give
 
 
 def messages(n: int) -> list[bytes]:
-    """n realistic inbound messages, each its own case, in a fixed mix of kinds/sizes."""
+    """n realistic inbound messages, each its own case, in a fixed mix of kinds/sizes,
+    stamped now: with the samples' fixed 2025 dates every deadline would be overdue and
+    fire at once, which is not what a live territory sends."""
+    now = datetime.now(UTC)
+    referral = dataclasses.replace(referral_info(), authored_on=now)
+    big_letter = dataclasses.replace(referral.letter, content=referral.letter.content * 3)
+    stay = dataclasses.replace(
+        stay_info(),
+        admitted_at=now - timedelta(days=6),
+        planned_discharge=now + timedelta(hours=60),
+        discharged_at=now,
+    )
+    expertise = dataclasses.replace(expertise_info(), authored_on=now)
     out = []
     for i in range(n):
         tag = uuid.uuid4().hex[:10]
         kind = i % 5
         if kind == 0:
-            info = dataclasses.replace(referral_info(), referral_id=f"B-{tag}")
+            info = dataclasses.replace(referral, referral_id=f"B-{tag}")
             bundle = build_event(EventType.REFERRAL_REQUESTED, info)
-        elif kind == 1:
-            bundle = large_referral()
-            task = bundle["entry"][1]["resource"]
-            task["identifier"][0]["value"] = f"BL-{tag}"
-            bundle["id"] = bundle["identifier"]["value"] = str(uuid.uuid4())
+        elif kind == 1:  # ~26 KB: the same referral with a three times longer letter
+            info = dataclasses.replace(referral, referral_id=f"BL-{tag}", letter=big_letter)
+            bundle = build_event(EventType.REFERRAL_REQUESTED, info)
         elif kind == 2:
-            info = dataclasses.replace(stay_info(), visit_number=f"B{tag}")
+            info = dataclasses.replace(stay, visit_number=f"B{tag}")
             bundle = build_event(EventType.DISCHARGE_PLANNED, info)
         elif kind == 3:
-            info = dataclasses.replace(stay_info(), visit_number=f"B{tag}")
+            info = dataclasses.replace(stay, visit_number=f"B{tag}")
             bundle = build_event(EventType.DISCHARGE_COMPLETED, info)
         else:
-            info = dataclasses.replace(expertise_info(), expertise_id=f"B-{tag}")
+            info = dataclasses.replace(expertise, expertise_id=f"B-{tag}")
             bundle = build_event(EventType.EXPERTISE_REQUESTED, info)
         out.append(orjson.dumps(bundle))
     return out

@@ -19,7 +19,7 @@ pytest.importorskip("atheris", reason="atheris has wheels for Linux x86_64 only"
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-SECONDS = int(os.environ.get("CAREBUS_FUZZ_SECONDS", "25"))
+SECONDS = int(os.environ.get("CAREBUS_FUZZ_SECONDS", "12"))
 
 
 @pytest.mark.slow
