@@ -52,7 +52,12 @@ async def recover_once(bootstrap: str, settings: Settings, tmp: Path, deadlines:
         ctx = Processors(producer=producer, lookup=Directory(), policies=SlaPolicies())
         started = time.perf_counter()
         async with run_processors(worker_settings, bootstrap, ctx, app_id=app_id):
-            while len(ctx.queue) < deadlines:  # noqa: ASYNC110 - the agent owns the queue
+            deadline = started + 180
+            while len(ctx.queue) < deadlines:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(
+                        f"only {len(ctx.queue)} of {deadlines} deadlines armed after 180 s"
+                    )
                 await asyncio.sleep(0.05)
             return time.perf_counter() - started
 
