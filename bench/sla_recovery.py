@@ -3,9 +3,10 @@
 bench/sla.py measures the in-memory half (rebuilding the deadline queue from the
 table); this is the whole restart as a worker lives it: faust joins the group, reads
 the `sla-cases` changelog back from Kafka into its table, and `rebuild_queue` arms
-every deadline. The changelog is written the way faust writes it (key = case id,
-value = `CaseState.to_bytes()`), with states made by the real SLA machine (urgent
-referrals: a reminder and an escalation each, due over the next hour).
+every deadline. The changelog is written the way faust writes it (key = the case id
+JSON-encoded, as faust encodes a str-typed key; value = `CaseState.to_bytes()`), with
+states made by the real SLA machine (urgent referrals: a reminder and an escalation
+each, due over the next hour).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.sla import build_table
@@ -35,7 +37,8 @@ async def _write_changelog(bootstrap: str, topic: str, table: dict[str, bytes]) 
     )
     await producer.start()
     try:
-        futs = [await producer.send(topic, v, key=k.encode()) for k, v in table.items()]
+        # faust serialises a str-typed table key as JSON (a quoted string), bytes raw
+        futs = [await producer.send(topic, v, key=orjson.dumps(k)) for k, v in table.items()]
         await asyncio.gather(*futs)
     finally:
         await producer.stop()
