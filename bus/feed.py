@@ -11,6 +11,7 @@ applied until `stop()`. An unreadable record is logged and counted, never fatal.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -24,7 +25,7 @@ from bus.settings import KafkaSettings
 log = logging.getLogger("carebus.feed")
 
 
-class TopicFeed:
+class TopicFeed(abc.ABC):
     """Subclasses implement `fold(key, value, headers, offset)`; raising ValueError from it
     counts the record as invalid (logged by offset, never by content)."""
 
@@ -43,10 +44,11 @@ class TopicFeed:
         self.applied = 0  # records folded so far
         self.invalid = 0  # records skipped as unreadable
 
+    @abc.abstractmethod
     def fold(
         self, key: bytes, value: bytes | None, headers: list[tuple[str, bytes]], offset: int
     ) -> None:
-        raise NotImplementedError
+        """Apply one record (value None: a tombstone) to the state the feed keeps."""
 
     def describe(self) -> str:
         """What the feed holds, for the 'ready' log line (counts, never content)."""
