@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from adapters.bundle_view import BundleView
-from adapters.delivery import DeliveryWorker
+from adapters.delivery import DeliveryWorker, RetryPolicy
 from bus.metrics import REGISTRY
 from bus.producer import EventProducer
 from bus.settings import KafkaSettings
@@ -29,6 +29,9 @@ from schemas.builders.common import EXT_ATTEMPT
 from schemas.envelope import Envelope
 from schemas.topics import DELIVERY_STATUS
 from tests.reliability import invariant as inv
+
+#: fast retries, enough attempts to ride out the faults the tests inject one by one
+POLICY = RetryPolicy(max_attempts=12, base_s=0.05, max_s=0.3)
 
 
 def attempts(channel: str, result: str) -> float:

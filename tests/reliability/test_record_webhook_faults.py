@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from adapters.bundle_view import BundleView
-from adapters.delivery import DeliveryWorker, RetryPolicy
+from adapters.delivery import DeliveryWorker
 from adapters.dmp.client import DmpAdapter
 from adapters.dmp.mhd import documents_to_file
 from adapters.dmp.store import embedded_store
@@ -59,6 +59,7 @@ from tests.integration.test_dmp_store import work_item as record_item
 from tests.reliability import harness as h
 from tests.reliability import invariant as inv
 from tests.reliability.outbound import (
+    POLICY,
     attempts,
     consuming,
     new_topic,
@@ -68,7 +69,6 @@ from tests.reliability.outbound import (
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-POLICY = RetryPolicy(max_attempts=12, base_s=0.05, max_s=0.3)
 HANG_LIMIT_S = 20.0  # a hung request is released at the latest after this
 
 

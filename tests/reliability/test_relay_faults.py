@@ -29,7 +29,7 @@ import pytest
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
-from adapters.delivery import DeliveryWorker, RetryPolicy
+from adapters.delivery import DeliveryWorker
 from adapters.mssante.mail import message_id
 from adapters.mssante.mailbox import LocalMailbox, MailboxHandler
 from adapters.mssante.sender import MssanteAdapter
@@ -45,6 +45,7 @@ from schemas.workitem import Channel, Recipient, RecipientKind, WorkItem
 from tests.reliability import harness as h
 from tests.reliability import invariant as inv
 from tests.reliability.outbound import (
+    POLICY,
     attempts,
     consuming,
     new_topic,
@@ -57,7 +58,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 REFUSED = "parti.sans.adresse@ancien-cabinet.mssante.fr"
 #: the budget: attempts, not seconds (backoff has full jitter, so time is random)
-POLICY = RetryPolicy(max_attempts=12, base_s=0.05, max_s=0.3)
 
 
 class SwitchedRelay(MailboxHandler):
