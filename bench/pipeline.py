@@ -298,6 +298,47 @@ async def workers(
                 await proc.wait()
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (/proc, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _cpu_machine() -> float:
+    """CPU seconds the whole machine has been busy (all cores; idle and iowait excluded)."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+@dataclasses.dataclass
+class CpuShare:
+    """Where the CPU of one pipeline run went, per event: this process (ingress and the
+    tracker), the worker, and everything else (the broker's JVM, mostly)."""
+
+    worker_pid: int
+    _start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        return (_cpu_of(os.getpid()), _cpu_of(self.worker_pid), _cpu_machine())
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def per_event_ms(self, n: int) -> dict[str, float]:
+        here, worker, machine = (b - a for a, b in zip(self._start, self._now(), strict=True))
+        return {
+            "ingress + tracker (bench process)": 1000 * here / n,
+            "processor worker": 1000 * worker / n,
+            "broker and the rest of the machine": 1000 * max(0.0, machine - here - worker) / n,
+            "whole machine": 1000 * machine / n,
+        }
+
+
 async def profile(pid: int, seconds: float, out: Path) -> asyncio.subprocess.Process | None:
     """py-spy (sampling, native speed) on the worker while it routes; None if absent."""
     spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -359,6 +400,8 @@ async def _throughput(
     runs: int,
 ) -> list[Figure]:
     rates, limits, ratios, ingress_rates, worker_rates = [], [], [], [], []
+    cpu: dict[str, list[float]] = {}
+    share = CpuShare(proc.pid)
     for i in range(runs):
         # the worker alone: a backlog of already-validated events, written at once
         backlog = [validate_message(raw) for raw in messages(n)]
@@ -373,10 +416,14 @@ async def _throughput(
         spy = None
         if i == runs - 1:  # profile the last run
             spy = await profile(proc.pid, 8, RESULTS / "profile-worker.speedscope.json")
+        share.start()
         ids, started = await accept_all(ingress, raws)
         ingress_rates.append(n / (time.perf_counter() - started))
         last = await tracker.wait_for(ids, 300)
         rate = n / (last - started)
+        if spy is None or runs == 1:  # py-spy's own CPU would land in "the rest"
+            for part, ms in share.per_event_ms(n).items():
+                cpu.setdefault(part, []).append(ms)
         if spy is not None:
             await spy.wait()
         # the physical limit, same bytes, same broker, same run
@@ -406,6 +453,10 @@ async def _throughput(
         ),
         summarise("pipeline limit: aiokafka consume → produce, same bytes", "msgs/s", limits),
         summarise("pipeline / limit", "%", ratios),
+        *(
+            summarise(f"pipeline CPU per event: {part}", "ms/event", values)
+            for part, values in cpu.items()
+        ),
     ]
 
 

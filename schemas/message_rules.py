@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from schemas.builders.common import EXT_CHANNEL
 from schemas.cases import FOCUS_FAMILY
 from schemas.codes import EXT_DEADLINE, EXT_PLANNED_DISCHARGE, EventType
+from schemas.json_scan import Scan
 from schemas.outcome import IssueCode
 from schemas.rules import (
     ENCOUNTER_STATUS,
@@ -111,6 +112,12 @@ def _dangling(root: dict, known: dict[str, int]) -> bool:
     return False
 
 
+def _suspect(seen: Scan, known: dict[str, int]) -> bool:
+    if seen.depth > MAX_DEPTH + 3:
+        return True
+    return any(r not in known and r[:1] != "#" for r in seen.references)
+
+
 def _walk_refs(ctx: RuleContext, node: object, path: str, depth: int) -> None:
     """Slow pass, only over a resource the fast pass flagged: report where."""
     if depth > MAX_DEPTH:
@@ -192,18 +199,24 @@ def check_header(ctx: RuleContext) -> None:
         ctx.sender = None
 
 
-def check_bundle(ctx: RuleContext) -> None:
+def check_bundle(ctx: RuleContext, seen: Scan | None = None) -> None:
     """Rules common to every event: bundle metadata, references, required resources,
-    French identifiers and code bindings of each resource."""
+    French identifiers and code bindings of each resource.
+
+    `seen` is the whole-message scan validate_message already made: when every reference
+    it found resolves and nothing nests deeper than a resource may (entry resources sit
+    3 levels below the root), the per-resource walk has nothing to report and is skipped.
+    """
     if not is_text(ctx.bundle.get("id")):
         ctx.fail(IssueCode.REQUIRED, "Bundle.id", "Bundle.id is the event id (ce_id, dedup key)")
     if not is_text(ctx.bundle.get("timestamp")):
         ctx.fail(
             IssueCode.REQUIRED, "Bundle.timestamp", "a message Bundle needs its timestamp (ce_time)"
         )
-    for i, res in enumerate(ctx.resources):
-        if res is not None and _dangling(res, ctx.by_ref):
-            _walk_refs(ctx, res, ctx.at(i), 0)
+    if seen is None or _suspect(seen, ctx.by_ref):
+        for i, res in enumerate(ctx.resources):
+            if res is not None and _dangling(res, ctx.by_ref):
+                _walk_refs(ctx, res, ctx.at(i), 0)
     check_header(ctx)
     present = {r.get("resourceType") for r in ctx.resources if r}
     for wanted in sorted(ctx.spec.required_resource_types - present):
