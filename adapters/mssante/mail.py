@@ -28,13 +28,27 @@ What a recipient gets, and why:
 
 from __future__ import annotations
 
+import binascii
+import functools
 import re
+import sys
 import unicodedata
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from email.headerregistry import Address
+from email.headerregistry import (
+    Address,
+    AddressHeader,
+    BaseHeader,
+    DateHeader,
+    HeaderRegistry,
+    MessageIDHeader,
+    UnstructuredHeader,
+)
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.policy import EmailPolicy
+from email.utils import encode_rfc2231, format_datetime, parsedate_to_datetime, quote
+from typing import Any
 
 from adapters.bundle_view import BundleView, DocumentView, PatientView
 from adapters.mssante.texts import NOTICE_EXPECTED, clinical_facts, notice_text, party_name, when
@@ -66,6 +80,131 @@ _CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._:-]{1,40})\"?", re.IGNOREC
 _URGENT = frozenset({"urgent", "asap", "stat"})
 
 
+#: headers whose values come from code or configuration (see `_HeaderFactory`)
+_FIXED = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
+_FIXED |= {"content-disposition", "from"}
+#: printable ASCII words separated by single spaces
+_PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
+_DOT_ATOM = r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+_PLAIN_MSG_ID = re.compile(f"<{_DOT_ATOM}@{_DOT_ATOM}>")
+_PLAIN_ADDRESS = re.compile(f"{_DOT_ATOM}@{_DOT_ATOM}")
+
+
+def _fixed(name: str, value: str) -> bool:
+    """A value written by code or configuration, which mails share (multipart
+    Content-Types excepted: their boundary is per mail)."""
+    return name.lower() in _FIXED and not value.lower().startswith("multipart/")
+
+
+class _HeaderFactory(HeaderRegistry):
+    """The stdlib header registry, with two memos.
+
+    - `HeaderRegistry.__getitem__` builds a new class with `type()` for every header
+      set or read (a fifth of a mail's build time); the class depends only on the name.
+    - `_fixed` headers take a few values (`1.0`, `base64`, `text/plain; charset="utf-8"`,
+      an attachment's type and LOINC-derived file name, the sender) that the content
+      manager and the generator set and read again several times per mail: each is
+      parsed once. Header objects are immutable, so mails can share them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+        self._fixed = functools.lru_cache(maxsize=256)(super().__call__)
+
+    def map_to_type(self, name: str, cls: type[BaseHeader]) -> None:
+        super().map_to_type(name, cls)
+        self._classes.clear()
+        self._fixed.cache_clear()
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = self._classes[key] = super().__getitem__(key)
+        return cls
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if isinstance(value, str) and _fixed(name, value):
+            return self._fixed(name, value)  # type: ignore[no-any-return]
+        return super().__call__(name, value)
+
+
+class _MailPolicy(EmailPolicy):
+    """`policy.default`, storing verbatim the values whose fold is `Name: value`.
+
+    Such a value is kept as the parser keeps a received header (parsed if read) rather
+    than parsed now and refolded by every flatten (most of the generator's time). A
+    value qualifies when it is one line of printable ASCII words separated by single
+    spaces, without `=?`, and either
+    - its header is unstructured (X-…, References…): folding gives the value itself;
+    - it is a bare address or a Message-ID (`dot-atom@dot-atom`, `<…>`), or a Date in
+      the canonical form `format_datetime` writes: the very text these headers fold;
+    - it is a `_fixed` value whose fold was checked once to be exactly that line.
+    Anything else, CR/LF refusal included, is `EmailPolicy`'s own handling.
+    """
+
+    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
+        if isinstance(value, str) and self._verbatim(name, value):
+            return (name, value)
+        return super().header_store_parse(name, value)  # type: ignore[no-any-return]
+
+    def _verbatim(self, name: str, value: str) -> bool:
+        if (
+            len(name) + 2 + len(value) > (self.max_line_length or sys.maxsize)
+            or "=?" in value
+            or not _PLAIN.fullmatch(value)
+        ):
+            return False
+        if self._grammar(name)(value):
+            return True
+        return _fixed(name, value) and self._folds_verbatim(name, value)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one module-level policy, never freed
+    def _grammar(self, name: str) -> Callable[[str], bool]:
+        """Which plain values of this header fold to themselves, by its class."""
+        kind = self.header_factory[name]  # type: ignore[index]
+        if issubclass(kind, UnstructuredHeader):
+            return bool
+        if issubclass(kind, MessageIDHeader):
+            return lambda value: bool(_PLAIN_MSG_ID.fullmatch(value))
+        if issubclass(kind, AddressHeader):
+            return lambda value: bool(_PLAIN_ADDRESS.fullmatch(value))
+        if issubclass(kind, DateHeader):
+            return _canonical_date
+        return lambda value: False
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one module-level policy, never freed
+    def _folds_verbatim(self, name: str, value: str) -> bool:
+        header = super().header_store_parse(name, value)[1]
+        return bool(header.fold(policy=self) == f"{name}: {value}{self.linesep}")
+
+
+def _canonical_date(value: str) -> bool:
+    try:
+        return bool(format_datetime(parsedate_to_datetime(value)) == value)
+    except (TypeError, ValueError):
+        return False
+
+
+#: `policy.default` (what `EmailMessage()` uses) with the above; mails built here carry it
+_POLICY = _MailPolicy(header_factory=_HeaderFactory())
+
+
+@functools.lru_cache(maxsize=64)
+def _mailbox(display: str, addr_spec: str) -> str:
+    """A configured mailbox (From) as the header machinery writes an Address: it quotes
+    the display name itself, so specials in it (";", ",", "<") can never split it."""
+    return str(Address(display, addr_spec=addr_spec))
+
+
+def _param(name: str, value: str) -> str:
+    """`name="value"` exactly as `Message.set_param` writes it (RFC 2231 if not ASCII)."""
+    if value.isascii():
+        return f'{name}="{quote(value)}"'
+    return f"{name}*={encode_rfc2231(value, 'utf-8', '')}"
+
+
 def clean_header(value: object, *, max_length: int = 200) -> str:
     """One safe header line from untrusted text.
 
@@ -73,9 +212,11 @@ def clean_header(value: object, *, max_length: int = 200) -> str:
     Cc, Cf, Zl, Zp: U+2028/U+2029/NEL included), collapses whitespace and caps length,
     so no value can start a new header or a new MIME part.
     """
-    text = "".join(
-        " " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in str(value)
-    )
+    text = str(value)
+    if not text.isprintable():  # printable: no Cc, Cf, Zl or Zp character to replace
+        text = "".join(
+            " " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text
+        )
     return " ".join(text.split())[:max_length].strip()
 
 
@@ -140,17 +281,18 @@ def _new_message(
         raise ValueError("now must be timezone-aware (RFC 5322 Date)")
     if not item.recipient.address:
         raise ValueError("work item has no recipient mailbox")
-    msg = EmailMessage()
+    msg = EmailMessage(policy=_POLICY)
     # Address objects, not formatted strings: the header machinery quotes or encodes the
     # display name itself, so specials in a name (";", ",", "<") can never split it.
-    msg["From"] = Address(clean_header(sender_name, max_length=80), addr_spec=mail_address(sender))
-    msg["To"] = Address(
-        clean_header(item.recipient.display, max_length=80),
-        addr_spec=mail_address(item.recipient.address),
-    )
+    msg["From"] = _mailbox(clean_header(sender_name, max_length=80), mail_address(sender))
+    to_name = clean_header(item.recipient.display, max_length=80)
+    to_addr = mail_address(item.recipient.address)
+    # without a name, the bare addr-spec (what the Address would write) may be stored as is
+    msg["To"] = Address(to_name, addr_spec=to_addr) if to_name else to_addr
     msg["Subject"] = subject
     msg["Date"] = format_datetime(now)
-    msg["Message-ID"] = message_id(item.id)
+    item_id = item.id  # a uuid5 computed on each access
+    msg["Message-ID"] = message_id(item_id)
     case = item.event.correlation_id or item.event.subject
     if case:  # one thread per case in the recipient's mail client
         msg["References"] = message_id(str(uuid.uuid5(uuid.NAMESPACE_URL, case)))
@@ -159,7 +301,7 @@ def _new_message(
     msg["X-Mailer"] = MAILER
     if product_ref:
         msg[H_NIL] = clean_header(product_ref, max_length=64)
-    msg[H_ITEM] = clean_header(item.id, max_length=64)
+    msg[H_ITEM] = clean_header(item_id, max_length=64)
     msg[H_EVENT] = clean_header(item.event.id, max_length=64)
     return msg
 
@@ -186,23 +328,47 @@ def attachment_name(doc: DocumentView, index: int, taken: set[str]) -> str:
     return name
 
 
-def _attach(msg: EmailMessage, data: bytes, content_type: str, filename: str) -> None:
+def _attachment(data: bytes, content_type: str, filename: str) -> EmailMessage:
+    """The part `EmailMessage.add_attachment(data, maintype, subtype, filename=…,
+    params={"charset": …})` makes (same headers in the same order, same base64 lines),
+    each header written once instead of set, re-parsed and rewritten by `set_param`."""
     maintype, _, subtype = content_type.split(";", 1)[0].strip().lower().partition("/")
     if not (_MIME_TOKEN.fullmatch(maintype) and _MIME_TOKEN.fullmatch(subtype)):
         maintype, subtype = "application", "octet-stream"
     if maintype in ("multipart", "message"):  # bytes cannot be a container part
         maintype, subtype = "application", "octet-stream"
-    params = None
+    part = EmailMessage(policy=_POLICY)
+    disposition = f"attachment; {_param('filename', filename)}"
     if maintype == "text":  # keep the producer's charset: the bytes are sent untouched
         found = _CHARSET.search(content_type)
-        params = {"charset": found.group(1).lower() if found else "utf-8"}
-    msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename, params=params)
+        part["Content-Transfer-Encoding"] = "base64"
+        part["Content-Disposition"] = disposition
+        charset = _param("charset", found.group(1).lower() if found else "utf-8")
+        part["Content-Type"] = f"text/{subtype}; {charset}"
+    else:
+        part["Content-Type"] = f"{maintype}/{subtype}"
+        part["Content-Transfer-Encoding"] = "base64"
+        part["Content-Disposition"] = disposition
+    part["MIME-Version"] = "1.0"
+    # 76-character lines, as the content manager writes them for a 78-column policy
+    b64 = binascii.b2a_base64(data, newline=False).decode("ascii")
+    part.set_payload("".join(f"{b64[i : i + 76]}\n" for i in range(0, len(b64), 76)))
+    return part
 
 
-def _freeze_boundaries(msg: EmailMessage, item_id: str) -> None:
-    """Boundaries derived from the item id instead of random ones: same item, same MIME."""
-    for n, part in enumerate(p for p in msg.walk() if p.is_multipart()):
-        part.set_boundary(f"=_carebus_{item_id}_{n}")
+def _mixed(msg: EmailMessage, item_id: str, text: str, parts: list[EmailMessage]) -> None:
+    """Make `msg` the multipart/mixed of `text` then `parts`, as `set_content(text)` then
+    `add_attachment(…)` for each part would, without moving and re-parsing headers.
+
+    The boundary comes from the item id instead of randomness: same item, same MIME.
+    """
+    body = EmailMessage(policy=_POLICY)
+    _POLICY.content_manager.set_content(body, text, charset="utf-8")
+    msg["MIME-Version"] = "1.0"
+    msg["Content-Type"] = f'multipart/mixed; boundary="=_carebus_{item_id}_0"'
+    msg.attach(body)
+    for part in parts:
+        msg.attach(part)
 
 
 def build_mail(
@@ -230,6 +396,7 @@ def build_mail(
             product_ref=product_ref,
             sender_name=sender_name,
         )
+    item_id = item.id  # a uuid5 computed on each access
     patient = view.patient()
     docs = view.documents()
     focus = view.focus
@@ -248,7 +415,7 @@ def build_mail(
     if docs and patient is not None and patient.ins:
         xdm = build_xdm(
             view,
-            submission_key=item.id,
+            submission_key=item_id,
             source_id=source_id,
             recipients=(item.recipient,),
             documents=docs,
@@ -289,19 +456,23 @@ def build_mail(
         "-- ",
         "Message envoyé par CareBus (coordination des soins) pour le compte de "
         "l'émetteur. Un accusé de lecture est demandé.",
-        f"Réf. technique : {item.id}",
+        f"Réf. technique : {item_id}",
     ]
-    msg.set_content("\n".join(clean_body_line(x) for x in lines) + "\n", charset="utf-8")
-    for d, name in zip(docs, names, strict=True):
-        _attach(msg, d.content, d.content_type, name)
+    text = "\n".join(clean_body_line(x) for x in lines) + "\n"
+    if not docs:
+        msg.set_content(text, charset="utf-8")
+        return msg
+    parts = [_attachment(d.content, d.content_type, n) for d, n in zip(docs, names, strict=True)]
     if xdm is not None:
-        _attach(msg, xdm, "application/zip", XDM_ATTACHMENT_NAME)
-    _freeze_boundaries(msg, item.id)
+        parts.append(_attachment(xdm, "application/zip", XDM_ATTACHMENT_NAME))
+    _mixed(msg, item_id, text, parts)
     return msg
 
 
 def clean_body_line(text: str) -> str:
     """Body text may hold anything printable; only stray control characters go."""
+    if text.isprintable():  # the usual case: no Cc or Cf character to drop
+        return text
     return "".join(c for c in text if c in "\t" or unicodedata.category(c) not in ("Cc", "Cf"))
 
 
@@ -349,5 +520,4 @@ def build_notice_mail(
         f"Réf. technique : {item.id}",
     ]
     msg.set_content("\n".join(clean_body_line(x) for x in lines) + "\n", charset="utf-8")
-    _freeze_boundaries(msg, item.id)
     return msg

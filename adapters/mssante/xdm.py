@@ -40,6 +40,7 @@ from adapters.mssante.ebrim import (
     Submission,
     XdmEntry,
     metadata_xml,
+    oid_uuid,
     org_xon,
     person_xcn,
     type_code,
@@ -187,7 +188,7 @@ def build_xdm(
         raise BundleError("IHE_XDM.ZIP needs the patient's INS (XDS patientId)")
     entries = [
         XdmEntry(
-            entry_id=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, f'{submission_key}/doc/{i}')}",
+            entry_id=f"urn:uuid:{oid_uuid(f'{submission_key}/doc/{i}')}",
             file_name=document_file_name(i, d.mime_type),
             unique_id=oid_of(d.unique_id, fallback=f"{submission_key}/{i}"),
             doc=d,
@@ -197,7 +198,7 @@ def build_xdm(
     first = docs[0]
     sender = view.sender
     submission = Submission(
-        entry_id=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, f'{submission_key}/submission')}",
+        entry_id=f"urn:uuid:{oid_uuid(f'{submission_key}/submission')}",
         unique_id=f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{submission_key}/ss').int}",
         source_id=source_id,
         submission_time=view.timestamp or first.created,
