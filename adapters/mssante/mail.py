@@ -31,27 +31,19 @@ from __future__ import annotations
 import binascii
 import functools
 import re
-import sys
 import unicodedata
 import uuid
-from collections.abc import Callable
 from datetime import datetime
 from email.headerregistry import (
     Address,
-    AddressHeader,
-    BaseHeader,
-    DateHeader,
-    HeaderRegistry,
-    MessageIDHeader,
-    UnstructuredHeader,
 )
 from email.message import EmailMessage
-from email.policy import EmailPolicy
-from email.utils import encode_rfc2231, format_datetime, parsedate_to_datetime, quote
-from typing import Any
+from email.utils import encode_rfc2231, format_datetime, quote
 
-from adapters.bundle_view import BundleView, DocumentView, PatientView
-from adapters.mssante.texts import NOTICE_EXPECTED, clinical_facts, notice_text, party_name, when
+from adapters.bundle_view import BundleView, DocumentView
+from adapters.mssante.mime import PLAIN_ADDRESS
+from adapters.mssante.mime import POLICY as _POLICY
+from adapters.mssante.texts import clinical_body, notice_body, when
 from adapters.mssante.xdm import CAREBUS_SOURCE_OID, XDM_ATTACHMENT_NAME, build_xdm, safe_file_name
 from schemas.cases import CaseIdError, case_id, parse_case_id
 from schemas.codes import DOC_TYPE_DISPLAY, EVENT_DISPLAY, EventType
@@ -78,117 +70,6 @@ _EXT = {
 }
 _CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._:-]{1,40})\"?", re.IGNORECASE)
 _URGENT = frozenset({"urgent", "asap", "stat"})
-
-
-#: headers whose values come from code or configuration (see `_HeaderFactory`)
-_FIXED = frozenset({"mime-version", "content-type", "content-transfer-encoding"})
-_FIXED |= {"content-disposition", "from"}
-#: printable ASCII words separated by single spaces
-_PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
-_DOT_ATOM = r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
-_PLAIN_MSG_ID = re.compile(f"<{_DOT_ATOM}@{_DOT_ATOM}>")
-_PLAIN_ADDRESS = re.compile(f"{_DOT_ATOM}@{_DOT_ATOM}")
-
-
-def _fixed(name: str, value: str) -> bool:
-    """A value written by code or configuration, which mails share (multipart
-    Content-Types excepted: their boundary is per mail)."""
-    return name.lower() in _FIXED and not value.lower().startswith("multipart/")
-
-
-class _HeaderFactory(HeaderRegistry):
-    """The stdlib header registry, with two memos.
-
-    - `HeaderRegistry.__getitem__` builds a new class with `type()` for every header
-      set or read (a fifth of a mail's build time); the class depends only on the name.
-    - `_fixed` headers take a few values (`1.0`, `base64`, `text/plain; charset="utf-8"`,
-      an attachment's type and LOINC-derived file name, the sender) that the content
-      manager and the generator set and read again several times per mail: each is
-      parsed once. Header objects are immutable, so mails can share them.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
-        self._fixed = functools.lru_cache(maxsize=256)(super().__call__)
-
-    def map_to_type(self, name: str, cls: type[BaseHeader]) -> None:
-        super().map_to_type(name, cls)
-        self._classes.clear()
-        self._fixed.cache_clear()
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        cls = self._classes.get(key)
-        if cls is None:
-            cls = self._classes[key] = super().__getitem__(key)
-        return cls
-
-    def __call__(self, name: str, value: Any) -> BaseHeader:
-        if isinstance(value, str) and _fixed(name, value):
-            return self._fixed(name, value)  # type: ignore[no-any-return]
-        return super().__call__(name, value)
-
-
-class _MailPolicy(EmailPolicy):
-    """`policy.default`, storing verbatim the values whose fold is `Name: value`.
-
-    Such a value is kept as the parser keeps a received header (parsed if read) rather
-    than parsed now and refolded by every flatten (most of the generator's time). A
-    value qualifies when it is one line of printable ASCII words separated by single
-    spaces, without `=?`, and either
-    - its header is unstructured (X-…, References…): folding gives the value itself;
-    - it is a bare address or a Message-ID (`dot-atom@dot-atom`, `<…>`), or a Date in
-      the canonical form `format_datetime` writes: the very text these headers fold;
-    - it is a `_fixed` value whose fold was checked once to be exactly that line.
-    Anything else, CR/LF refusal included, is `EmailPolicy`'s own handling.
-    """
-
-    def header_store_parse(self, name: str, value: Any) -> tuple[str, Any]:
-        if isinstance(value, str) and self._verbatim(name, value):
-            return (name, value)
-        return super().header_store_parse(name, value)  # type: ignore[no-any-return]
-
-    def _verbatim(self, name: str, value: str) -> bool:
-        if (
-            len(name) + 2 + len(value) > (self.max_line_length or sys.maxsize)
-            or "=?" in value
-            or not _PLAIN.fullmatch(value)
-        ):
-            return False
-        if self._grammar(name)(value):
-            return True
-        return _fixed(name, value) and self._folds_verbatim(name, value)
-
-    @functools.lru_cache(maxsize=64)  # noqa: B019 - one module-level policy, never freed
-    def _grammar(self, name: str) -> Callable[[str], bool]:
-        """Which plain values of this header fold to themselves, by its class."""
-        kind = self.header_factory[name]  # type: ignore[index]
-        if issubclass(kind, UnstructuredHeader):
-            return bool
-        if issubclass(kind, MessageIDHeader):
-            return lambda value: bool(_PLAIN_MSG_ID.fullmatch(value))
-        if issubclass(kind, AddressHeader):
-            return lambda value: bool(_PLAIN_ADDRESS.fullmatch(value))
-        if issubclass(kind, DateHeader):
-            return _canonical_date
-        return lambda value: False
-
-    @functools.lru_cache(maxsize=256)  # noqa: B019 - one module-level policy, never freed
-    def _folds_verbatim(self, name: str, value: str) -> bool:
-        header = super().header_store_parse(name, value)[1]
-        return bool(header.fold(policy=self) == f"{name}: {value}{self.linesep}")
-
-
-def _canonical_date(value: str) -> bool:
-    try:
-        return bool(format_datetime(parsedate_to_datetime(value)) == value)
-    except (TypeError, ValueError):
-        return False
-
-
-#: `policy.default` (what `EmailMessage()` uses) with the above; mails built here carry it
-_POLICY = _MailPolicy(header_factory=_HeaderFactory())
 
 
 @functools.lru_cache(maxsize=64)
@@ -282,13 +163,15 @@ def _new_message(
     if not item.recipient.address:
         raise ValueError("work item has no recipient mailbox")
     msg = EmailMessage(policy=_POLICY)
-    # Address objects, not formatted strings: the header machinery quotes or encodes the
-    # display name itself, so specials in a name (";", ",", "<") can never split it.
+    # Names go through Address objects, never formatted by hand: the header machinery
+    # quotes or encodes a display name itself, so ";", ",", "<" in it can never split it.
     msg["From"] = _mailbox(clean_header(sender_name, max_length=80), mail_address(sender))
     to_name = clean_header(item.recipient.display, max_length=80)
     to_addr = mail_address(item.recipient.address)
-    # without a name, the bare addr-spec (what the Address would write) may be stored as is
-    msg["To"] = Address(to_name, addr_spec=to_addr) if to_name else to_addr
+    # no name and a plain dot-atom address: the Address would write just the addr-spec,
+    # which is then stored verbatim (the Address still vets anything less plain)
+    plain = not to_name and PLAIN_ADDRESS.fullmatch(to_addr)
+    msg["To"] = to_addr if plain else Address(to_name, addr_spec=to_addr)
     msg["Subject"] = subject
     msg["Date"] = format_datetime(now)
     item_id = item.id  # a uuid5 computed on each access
@@ -304,15 +187,6 @@ def _new_message(
     msg[H_ITEM] = clean_header(item_id, max_length=64)
     msg[H_EVENT] = clean_header(item.event.id, max_length=64)
     return msg
-
-
-def _born(patient: PatientView) -> str:
-    word = {"female": "née", "male": "né"}.get(patient.gender, "né(e)")
-    if not patient.birth_date:
-        return ""
-    y, _, rest = patient.birth_date.partition("-")
-    m, _, d = rest.partition("-")
-    return f", {word} le {d}/{m}/{y}" if d else f", {word} en {y}"
 
 
 def attachment_name(doc: DocumentView, index: int, taken: set[str]) -> str:
@@ -428,36 +302,17 @@ def build_mail(
         msg[H_INS] = "O" if patient.ins_qualified else "N"
     taken: set[str] = {XDM_ATTACHMENT_NAME.lower()}
     names = [attachment_name(d, i, taken) for i, d in enumerate(docs, start=1)]
-    what, expected = clinical_facts(event, view)
-    due = when(item.due)
-    lines = [
-        f"Bonjour {clean_header(item.recipient.display, max_length=80)},".replace(" ,", ","),
-        "",
-        f"{EVENT_DISPLAY[event]}{' (URGENT)' if urgent else ''} — message de "
-        f"{party_name(view.sender)} transmis par CareBus.",
-        "",
-    ]
-    if patient is not None:
-        ins = f" — INS {patient.ins}" if patient.ins else " — INS non transmise"
-        label = "Patiente" if patient.gender == "female" else "Patient"
-        lines.append(f"{label} : {patient.display}{_born(patient)}{ins}")
-    lines += [f"Dossier : {ref}", "", what, ""]
-    lines.append(f"Attendu de votre part : {expected}" + (f", avant le {due}" if due else "") + ".")
-    if docs:
-        lines += ["", "Pièces jointes :"]
-        lines += [f" - {d.title} ({n})" for d, n in zip(docs, names, strict=True)]
-        if xdm is not None:
-            lines.append(
-                f" - {XDM_ATTACHMENT_NAME} : les mêmes documents avec leurs métadonnées "
-                "(INS, type, auteur) pour intégration dans votre logiciel."
-            )
-    lines += [
-        "",
-        "-- ",
-        "Message envoyé par CareBus (coordination des soins) pour le compte de "
-        "l'émetteur. Un accusé de lecture est demandé.",
-        f"Réf. technique : {item_id}",
-    ]
+    lines = clinical_body(
+        event,
+        view,
+        recipient=clean_header(item.recipient.display, max_length=80),
+        urgent=urgent,
+        case_ref=ref,
+        due=when(item.due),
+        attachments=[(d.title, n) for d, n in zip(docs, names, strict=True)],
+        archive=XDM_ATTACHMENT_NAME if xdm is not None else None,
+        item_id=item_id,
+    )
     text = "\n".join(clean_body_line(x) for x in lines) + "\n"
     if not docs:
         msg.set_content(text, charset="utf-8")
@@ -503,21 +358,6 @@ def build_notice_mail(
         product_ref=product_ref,
     )
     deadline = when(item.due) or when(view.deadline())
-    expected = NOTICE_EXPECTED.get(event, "pour information")
-    lines = [
-        "Bonjour,",
-        "",
-        f"{EVENT_DISPLAY[event]} — alerte CareBus.",
-        "",
-        notice_text(view),
-        "",
-        f"Dossier : {ref}",
-        f"Attendu : {expected}" + (f", avant le {deadline}" if deadline else "") + ".",
-        "",
-        "-- ",
-        "Alerte automatique CareBus. Le détail du dossier est dans votre logiciel ou le "
-        "tableau de bord de la coordination.",
-        f"Réf. technique : {item.id}",
-    ]
+    lines = notice_body(event, view, case_ref=ref, deadline=deadline, item_id=item.id)
     msg.set_content("\n".join(clean_body_line(x) for x in lines) + "\n", charset="utf-8")
     return msg

@@ -8,17 +8,19 @@ can be reviewed by clinicians without reading code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from adapters.bundle_view import (
     PARIS,
     BundleView,
     OrgView,
+    PatientView,
     PersonView,
     extension,
     parse_fhir_datetime,
 )
-from schemas.codes import EXT_PLANNED_DISCHARGE, EventType
+from schemas.codes import EVENT_DISPLAY, EXT_PLANNED_DISCHARGE, EventType
 
 #: longest free text (reason, question, answer) quoted in a mail body
 MAX_QUOTE = 600
@@ -203,3 +205,81 @@ NOTICE_EXPECTED: dict[EventType, str] = {
 def notice_text(view: BundleView) -> str:
     """The notice's own sentence (Communication.payload), written by the bus."""
     return quote(_payload_text(view.focus)) or "Alerte sans détail."
+
+
+def _born(patient: PatientView) -> str:
+    word = {"female": "née", "male": "né"}.get(patient.gender, "né(e)")
+    if not patient.birth_date:
+        return ""
+    y, _, rest = patient.birth_date.partition("-")
+    m, _, d = rest.partition("-")
+    return f", {word} le {d}/{m}/{y}" if d else f", {word} en {y}"
+
+
+def clinical_body(
+    event: EventType,
+    view: BundleView,
+    *,
+    recipient: str,
+    urgent: bool,
+    case_ref: str,
+    due: str,
+    attachments: Sequence[tuple[str, str]],
+    archive: str | None,
+    item_id: str,
+) -> list[str]:
+    """The lines of a clinical mail: who sends, which patient, what happened, what is
+    expected by when, the attachments ((title, file name) pairs, then `archive`)."""
+    patient = view.patient()
+    what, expected = clinical_facts(event, view)
+    lines = [
+        f"Bonjour {recipient},".replace(" ,", ","),
+        "",
+        f"{EVENT_DISPLAY[event]}{' (URGENT)' if urgent else ''} — message de "
+        f"{party_name(view.sender)} transmis par CareBus.",
+        "",
+    ]
+    if patient is not None:
+        ins = f" — INS {patient.ins}" if patient.ins else " — INS non transmise"
+        label = "Patiente" if patient.gender == "female" else "Patient"
+        lines.append(f"{label} : {patient.display}{_born(patient)}{ins}")
+    lines += [f"Dossier : {case_ref}", "", what, ""]
+    lines.append(f"Attendu de votre part : {expected}" + (f", avant le {due}" if due else "") + ".")
+    if attachments:
+        lines += ["", "Pièces jointes :"]
+        lines += [f" - {title} ({name})" for title, name in attachments]
+        if archive is not None:
+            lines.append(
+                f" - {archive} : les mêmes documents avec leurs métadonnées "
+                "(INS, type, auteur) pour intégration dans votre logiciel."
+            )
+    lines += [
+        "",
+        "-- ",
+        "Message envoyé par CareBus (coordination des soins) pour le compte de "
+        "l'émetteur. Un accusé de lecture est demandé.",
+        f"Réf. technique : {item_id}",
+    ]
+    return lines
+
+
+def notice_body(
+    event: EventType, view: BundleView, *, case_ref: str, deadline: str, item_id: str
+) -> list[str]:
+    """The lines of a bus notice: the bus's sentence, the case, the deadline, the action."""
+    expected = NOTICE_EXPECTED.get(event, "pour information")
+    return [
+        "Bonjour,",
+        "",
+        f"{EVENT_DISPLAY[event]} — alerte CareBus.",
+        "",
+        notice_text(view),
+        "",
+        f"Dossier : {case_ref}",
+        f"Attendu : {expected}" + (f", avant le {deadline}" if deadline else "") + ".",
+        "",
+        "-- ",
+        "Alerte automatique CareBus. Le détail du dossier est dans votre logiciel ou le "
+        "tableau de bord de la coordination.",
+        f"Réf. technique : {item_id}",
+    ]

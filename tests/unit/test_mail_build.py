@@ -5,8 +5,10 @@ from __future__ import annotations
 import email
 import io
 import zipfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 
 import orjson
@@ -22,6 +24,7 @@ from adapters.mssante.mail import (
     mail_address,
     message_id,
 )
+from adapters.mssante.xdm import build_xdm
 from schemas.cases import case_id
 from schemas.codes import EventType
 from schemas.envelope import Envelope
@@ -242,3 +245,141 @@ def test_arbitrary_display_name_yields_no_extra_header(display: str) -> None:
     assert m["To"].addresses[0].addr_spec == CARDIO
     for value in m.values():
         assert "\n" not in str(value) and "\r" not in str(value)
+
+
+# --- the mail is the one the stdlib's high-level API builds ------------------------
+# build_mail writes the MIME parts itself (headers set once, base64 precomputed) and
+# its policy stores plain one-line values verbatim; these tests rebuild each mail the
+# straightforward way (EmailMessage(), set_content, add_attachment, set_boundary with
+# policy.default) and require the very same bytes.
+
+
+def stdlib_rebuild(built: EmailMessage) -> EmailMessage:
+    parsed = reparse(built)
+    ref = EmailMessage()
+    for name, value in parsed.items():
+        if name.lower() not in ("mime-version", "content-type", "content-transfer-encoding"):
+            ref[name] = str(value)
+    ref.set_content(body(parsed), charset="utf-8")
+    for part in parsed.iter_attachments():
+        params = (
+            {"charset": part.get_param("charset")}
+            if part.get_content_maintype() == "text"
+            else None
+        )
+        ref.add_attachment(
+            part.get_payload(decode=True),
+            maintype=part.get_content_maintype(),
+            subtype=part.get_content_subtype(),
+            filename=part.get_filename(),
+            params=params,
+        )
+    if parsed.is_multipart():
+        ref.set_boundary(parsed.get_boundary())
+    return ref
+
+
+def smtp_bytes(msg: EmailMessage) -> bytes:
+    out = io.BytesIO()
+    BytesGenerator(out, policy=policy.SMTP).flatten(msg)  # what aiosmtplib sends
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("event", "display"),
+    [
+        ("referral.requested", "Dr Anaïs Gérard-Moreau"),
+        ("referral.completed", ""),
+        ("discharge.completed", 'Evil "Bob" <x@y>, Bcc: z@evil.example'),
+        ("expertise.requested", "Dr Plain Ascii"),
+        ("referral.accepted", ""),
+        ("sla.reminder", "Dr Anaïs Gérard-Moreau"),
+    ],
+)
+def test_same_bytes_as_the_stdlib_construction(event: str, display: str) -> None:
+    item, built = mail(event, display=display)
+    ref = stdlib_rebuild(built)
+    for msg in (built, ref):  # as the sender adds it after building
+        msg["X-CareBus-Case"] = item.event.subject
+    assert built.as_bytes() == ref.as_bytes()
+    assert smtp_bytes(built) == smtp_bytes(ref)
+    # and the payloads are the event's documents and its archive, untouched
+    item, b = make(event, display=display)
+    parsed = reparse(built)
+    files = {p.get_filename(): p.get_payload(decode=True) for p in parsed.iter_attachments()}
+    docs = BundleView(b).documents()
+    assert sorted(files.get(n) for n in files if n != "IHE_XDM.ZIP") == sorted(
+        d.content for d in docs
+    )
+    if "IHE_XDM.ZIP" in files:
+        assert files["IHE_XDM.ZIP"] == build_xdm(
+            BundleView(b), submission_key=item.id, recipients=(item.recipient,), documents=docs
+        )
+
+
+_HEADER_NAMES = [
+    "X-CareBus-Case", "References", "Subject", "Disposition-Notification-To", "Date",
+    "Message-ID", "To", "From", "MIME-Version", "Content-Type", "Content-Disposition",
+    "Content-Transfer-Encoding",
+]  # fmt: skip
+_HEADER_TEXT = st.lists(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+    | st.sampled_from(["é", "\r", "\n", "\t", "=?utf-8?q?x?=", "  ", "@", "<", ">", ".", "a"]),
+    max_size=60,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(_HEADER_NAMES),
+    _HEADER_TEXT
+    | st.sampled_from(
+        [
+            "Mon, 17 Mar 2025 08:41:00 +0000",
+            "Mon, 17 Mar 2025 08:41:00 -0000",
+            "Tue, 17 Mar 2025 08:41:00 +0000",  # wrong weekday: not canonical
+            "<a.b-c@carebus.mssante.fr>",
+            "dr.x@cardio.mssante.fr",
+            "CareBus <carebus@x.mssante.fr>",
+            '"A, B" <a@b.fr>',
+            'text/plain; charset="utf-8"',
+            "text/plain;charset=utf-8",
+            'attachment; filename="Lettre.txt"',
+            "1.0",
+        ]
+    ),
+)
+def test_any_header_value_is_stored_read_and_written_as_policy_default_does(
+    name: str, value: str
+) -> None:
+    _, built = mail()
+    ours = EmailMessage(policy=built.policy)  # the policy build_mail gives its mails
+    assert outcome(ours, name, value) == outcome(EmailMessage(), name, value)
+
+
+def outcome(msg: EmailMessage, name: str, value: str) -> list[object]:
+    """What storing, reading and writing a header gives (or which error it raises)."""
+
+    def attempt(step: Callable[[], object]) -> object:
+        try:
+            return step()
+        except Exception as exc:  # noqa: BLE001 - both policies must fail alike
+            return type(exc)
+
+    def store() -> None:
+        msg[name] = value
+
+    seen: list[object] = [attempt(store)]
+    if seen[0] is None:
+        header = msg[name]
+        seen += [str(header), type(header).__mro__[1], [type(d) for d in header.defects]]
+        seen += [attempt(msg.as_bytes), attempt(lambda: smtp_bytes(msg))]
+    return seen
+
+
+def test_crlf_still_refused_on_a_built_mail() -> None:
+    _, built = mail()
+    for name in ("X-CareBus-Case", "Subject", "To", "Message-ID", "Content-Type"):
+        del built[name]
+        with pytest.raises(ValueError, match=r"linefeed|carriage"):
+            built[name] = "x\r\nBcc: victim@evil.example"

@@ -7,6 +7,7 @@ import hashlib
 import io
 import posixpath
 import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -266,3 +267,53 @@ def test_extracted_member_lands_inside_target(name: str) -> None:
         files = [p.resolve() for p in root.rglob("*") if p.is_file()]
         assert len(files) == 1
         assert files[0].is_relative_to(root)
+
+
+# --- METADATA.XML is what ElementTree writes -----------------------------------------
+# ebrim writes the XML itself (no tree, no generic serialiser); parsing it back and
+# writing it with ET.indent + ET.tostring must give the very same bytes, whatever the
+# values (escaping, empty elements, indentation, declaration included).
+
+
+def elementtree_rewrite(xml: bytes) -> bytes:
+    root = ET.fromstring(xml)  # bytes CareBus wrote in this test
+    ET.indent(root)
+    return ET.tostring(root, encoding="UTF-8", xml_declaration=True)
+
+
+def with_values(family: str, title: str, language: str = "fr-FR") -> dict:
+    b = bundle()
+    for entry in b["entry"]:
+        res = entry["resource"]
+        if res["resourceType"] == "Patient":
+            res["name"][0]["family"] = family
+        if res["resourceType"] == "DocumentReference":
+            res["content"][0]["attachment"]["title"] = title
+            res["content"][0]["attachment"]["language"] = language
+    return b
+
+
+@pytest.mark.parametrize("event", ["discharge.completed", "referral.completed"])
+def test_metadata_bytes_are_elementtree_s(event: str) -> None:
+    xml = open_zip(build_xdm(bundle(event), submission_key="item-1")).read(METADATA_PATH)
+    assert xml.startswith(b"<?xml version='1.0' encoding='UTF-8'?>\n<lcm:SubmitObjectsRequest")
+    assert elementtree_rewrite(xml) == xml
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40), st.sampled_from(["fr-FR", "", "a&b<c>"]))
+def test_metadata_of_any_values_is_elementtree_s(family: str, title: str, language: str) -> None:
+    b = with_values(family, title, language)
+    xml = open_zip(build_xdm(b, submission_key="k")).read(METADATA_PATH)
+    assert elementtree_rewrite(xml) == xml
+    doc = ET.fromstring(xml)[0].find(f"{R}ExtrinsicObject")
+    assert doc is not None
+    name = doc.find(f"{R}Name/{R}LocalizedString")
+    assert name is not None  # attribute values come back exactly
+    assert name.get("value") == ebrim.xml_text(BundleView(b).documents()[0].title)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_oid_uuid_is_uuid5(name: str) -> None:
+    assert ebrim.oid_uuid(name) == str(uuid.uuid5(uuid.NAMESPACE_OID, name))
