@@ -240,7 +240,8 @@ class _Ids:
         return f"urn:uuid:{oid_uuid(f'{self.seed}#{self.n}')}"
 
 
-def _classification(w: _Xml, ids: _Ids, scheme: str, target: str, code: Code) -> None:
+def _start_classification(w: _Xml, ids: _Ids, scheme: str, target: str, node: str) -> None:
+    """Open a rim:Classification of `target` (a code or an author) under `scheme`."""
     w.start(
         "rim:Classification",
         _attrs(
@@ -248,9 +249,13 @@ def _classification(w: _Xml, ids: _Ids, scheme: str, target: str, code: Code) ->
             objectType=f"{_OT}Classification",
             classificationScheme=scheme,
             classifiedObject=target,
-            nodeRepresentation=xml_text(code.code),
+            nodeRepresentation=node,
         ),
     )
+
+
+def _classification(w: _Xml, ids: _Ids, scheme: str, target: str, code: Code) -> None:
+    _start_classification(w, ids, scheme, target, xml_text(code.code))
     _slot(w, "codingScheme", code.scheme)
     _name(w, code.display or code.code)
     w.end()
@@ -266,16 +271,7 @@ def _author(
 ) -> None:
     if person is None and org is None:
         return
-    w.start(
-        "rim:Classification",
-        _attrs(
-            id=ids(),
-            objectType=f"{_OT}Classification",
-            classificationScheme=scheme,
-            classifiedObject=target,
-            nodeRepresentation="",
-        ),
-    )
+    _start_classification(w, ids, scheme, target, "")
     if person is not None:
         _slot(w, "authorPerson", person_xcn(person))
     if org is not None:
