@@ -67,6 +67,12 @@ from schemas.topics import (
 
 log = logging.getLogger("carebus.processors")
 
+#: the care-event topics routed and tracked by the SLA machine
+INBOUND_TOPICS = frozenset({REFERRAL_EVENTS.name, STAY_EVENTS.name, EXPERTISE_EVENTS.name})
+#: everything the processors group consumes: a tool that positions the group (tests,
+#: a territory's first start on an old cluster) must cover exactly these
+SOURCE_TOPICS = (*sorted(INBOUND_TOPICS), DELIVERY_STATUS.name, SLA_TICKS.name)
+
 FIRED = Counter(
     "carebus_sla_notices_total", "SLA notices emitted", ["event_type"], registry=REGISTRY
 )
@@ -152,8 +158,7 @@ def create_app(
 ) -> faust.App:
     app = _faust_app(settings, bootstrap, app_id)
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-    inbound_topics = frozenset({REFERRAL_EVENTS.name, STAY_EVENTS.name, EXPERTISE_EVENTS.name})
-    sources = app.topic(*sorted(inbound_topics), DELIVERY_STATUS.name, SLA_TICKS.name, **raw)
+    sources = app.topic(*SOURCE_TOPICS, **raw)
     ticks = app.topic(SLA_TICKS.name, **raw)
     cases = app.Table("sla-cases", partitions=SLA_TICKS.partitions, key_type=str, value_type=bytes)
     parties = app.Table(
@@ -219,7 +224,7 @@ def create_app(
                 try:
                     env = Envelope.decode(msg.key, msg.value, msg.headers or [])
                     tracing.use(env.traceparent)  # its log lines carry its trace
-                    read = read_event(env) if msg.topic in inbound_topics else None
+                    read = read_event(env) if msg.topic in INBOUND_TOPICS else None
                     decision = decide(env, read) if read is not None else None
                 except (ValueError, KeyError, TypeError) as exc:
                     await poison("route", msg, exc)

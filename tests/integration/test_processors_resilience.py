@@ -16,9 +16,14 @@ Knobs, and why:
   partitions, hence its deadlines, for up to a minute. 6 s is the broker's minimum.
 - BROKER_CLIENT_ID names each worker, so the consumer-group description tells which
   process owns which partitions.
-- The group id is the fixed "carebus-processors" (`carebus run processors` has no way to
-  change it), shared by the tests of this file: each test uses fresh case ids and only
-  reads the records of its own cases, from the end offsets at its start.
+- Each test runs its workers in a consumer group of its own (CAREBUS_PROCESSORS__APP_ID,
+  as a second territory on a shared cluster would), positioned at the end of the source
+  topics before the workers start. On the session broker the earlier suites left
+  thousands of events on the care topics: a group reading them from `earliest` (or from
+  where the previous test of this file stopped) spends its first minute on that backlog,
+  with compressed policies firing a notice for every old case, and the test would time
+  the backlog instead of the deadlines. Fresh case ids, and only the records of those
+  cases read from the end offsets at the test's start, do the rest.
 - Before a SIGKILL the tests wait until the group has committed the published events: a
   crash before the commit replays the uncommitted tail by design (at-least-once, with
   deterministic work-item ids), which would duplicate *work items* on the topic (never
@@ -50,19 +55,26 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from bus.producer import EventProducer
 from bus.provisioning import apply_topics
 from bus.settings import Settings
-from processors.app import internal_topics
+from processors.app import SOURCE_TOPICS, internal_topics
 from schemas.codes import EventType
 from schemas.envelope import Envelope
 from schemas.samples import referral_info, stay_info
-from schemas.topics import DELIVERY_MSSANTE, REFERRAL_EVENTS, SLA_EVENTS, STAY_EVENTS, topic_for
+from schemas.topics import (
+    CATALOG,
+    DELIVERY_MSSANTE,
+    REFERRAL_EVENTS,
+    SLA_EVENTS,
+    STAY_EVENTS,
+    topic_for,
+)
 from schemas.workitem import WorkItem
 from tests.integration.processors_support import envelope
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-#: processors/runner.py run_processors(app_id=...) default; bus/stack.py passes none
+#: the default group of `carebus run processors` (ProcessorsSettings.app_id); the tests of
+#: this file use a group of their own each (fixture `group`), test_scale_out this one
 GROUP = "carebus-processors"
-CHANGELOG = f"{GROUP}-sla-cases-changelog"
 REPO = Path(__file__).parents[2]
 SESSION_TIMEOUT_S = 6  # broker default group.min.session.timeout.ms
 READY_TIMEOUT_S = 60.0
@@ -150,9 +162,10 @@ class Worker:
 class Workers:
     """Starts worker processes for one test and always reaps them."""
 
-    def __init__(self, tmp: Path, bootstrap: str, config: str) -> None:
+    def __init__(self, tmp: Path, bootstrap: str, config: str, group: str = GROUP) -> None:
         self.tmp = tmp
         self.bootstrap = bootstrap
+        self.group = group
         self.config = tmp / "carebus.toml"
         self.config.write_text(config)
         # Pre-created: `carebus run processors` on a fresh data dir with an external broker
@@ -169,6 +182,7 @@ class Workers:
             CAREBUS_KAFKA__BOOTSTRAP=self.bootstrap,
             CAREBUS_DATA_DIR=str(self.data_dir),
             CAREBUS_CONFIG=str(self.config),
+            CAREBUS_PROCESSORS__APP_ID=self.group,
             BROKER_SESSION_TIMEOUT=str(SESSION_TIMEOUT_S),
             BROKER_HEARTBEAT_INTERVAL="1",
             BROKER_CLIENT_ID=client_id,
@@ -199,11 +213,42 @@ class Workers:
 
 
 @pytest.fixture
-async def spawn(catalog_applied: str, tmp_path: Path) -> AsyncIterator[Callable[[str], Workers]]:
+async def group(catalog_applied: str, settings: Settings) -> str:
+    """A consumer group of this test's own, committed at the end of every source topic:
+    the workers start with no backlog and no SLA state but what the test sends."""
+    app_id = f"carebus-resilience-{uuid.uuid4().hex[:8]}"
+    await apply_topics(catalog_applied, settings.kafka, internal_topics(app_id))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=catalog_applied, group_id=app_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(spec.name, p)
+            for spec in CATALOG
+            if spec.name in SOURCE_TOPICS
+            for p in range(spec.partitions)
+        ]
+        assert {tp.topic for tp in parts} == set(SOURCE_TOPICS)
+        consumer.assign(parts)
+        await consumer.commit(await consumer.end_offsets(parts))
+    finally:
+        await consumer.stop()
+    return app_id
+
+
+def changelog(group: str) -> str:
+    return f"{group}-sla-cases-changelog"
+
+
+@pytest.fixture
+async def spawn(
+    catalog_applied: str, tmp_path: Path, group: str
+) -> AsyncIterator[Callable[[str], Workers]]:
     made: list[Workers] = []
 
     def make(config: str) -> Workers:
-        workers = Workers(tmp_path, catalog_applied, config)
+        workers = Workers(tmp_path, catalog_applied, config, group)
         made.append(workers)
         return workers
 
@@ -275,11 +320,17 @@ class Watch:
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def until(self, what: str, check: Callable[[], bool], timeout: float) -> None:
+    async def until(
+        self,
+        what: str,
+        check: Callable[[], bool],
+        timeout: float,
+        explain: Callable[[], str] = str,
+    ) -> None:
         end = time.monotonic() + timeout
         while not check():
             if time.monotonic() > end:
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{explain()}")
             assert self._task is not None and not self._task.done(), "watch consumer died"
             await asyncio.sleep(0.05)
 
@@ -290,28 +341,26 @@ class Watch:
 def case_key(topic: str, record: ConsumerRecord) -> bytes | None:
     """The case id of a record: event topics key by it, the faust table's changelog keys by
     its JSON form (Table(key_type=str) uses faust's json key serializer)."""
-    if topic == CHANGELOG and record.key:
+    if topic.endswith("-sla-cases-changelog") and record.key:
         return str(orjson.loads(record.key)).encode()
     return record.key
 
 
 @pytest.fixture
 async def watch(
-    catalog_applied: str, settings: Settings, admin: AIOKafkaAdminClient
+    catalog_applied: str, admin: AIOKafkaAdminClient, group: str
 ) -> AsyncIterator[Watch]:
-    # the changelog exists once a worker ran; declare it first, as the worker would
-    await apply_topics(catalog_applied, settings.kafka, internal_topics(GROUP))
-    w = Watch(catalog_applied, (SLA_EVENTS.name, DELIVERY_MSSANTE.name, CHANGELOG))
+    w = Watch(catalog_applied, (SLA_EVENTS.name, DELIVERY_MSSANTE.name, changelog(group)))
     await w.start(admin)
     yield w
     await w.stop()
 
 
-async def members(admin: AIOKafkaAdminClient) -> dict[str, dict[str, set[int]]]:
+async def members(admin: AIOKafkaAdminClient, group: str = GROUP) -> dict[str, dict[str, set[int]]]:
     """client id → topic → partitions, as the group coordinator sees the group now."""
-    [response] = await admin.describe_consumer_groups([GROUP])
+    [response] = await admin.describe_consumer_groups([group])
     [(error, _group, state, _ptype, _protocol, group_members)] = response.groups
-    assert error == 0, f"describe {GROUP}: error {error}"
+    assert error == 0, f"describe {group}: error {error}"
     out: dict[str, dict[str, set[int]]] = {}
     if state != "Stable":
         return out
@@ -323,14 +372,14 @@ async def members(admin: AIOKafkaAdminClient) -> dict[str, dict[str, set[int]]]:
 
 
 async def stable_split(
-    admin: AIOKafkaAdminClient, workers: list[Worker], timeout: float = 40.0
+    admin: AIOKafkaAdminClient, workers: list[Worker], timeout: float = 40.0, group: str = GROUP
 ) -> dict[str, dict[str, set[int]]]:
     """Wait until exactly `workers` are the group and each owns referral partitions."""
     want = {w.client_id for w in workers}
     end = time.monotonic() + timeout
     seen: dict[str, dict[str, set[int]]] = {}
     while time.monotonic() < end:
-        seen = await members(admin)
+        seen = await members(admin, group)
         if set(seen) == want and all(
             seen[c].get(REFERRAL_EVENTS.name) and seen[c].get(STAY_EVENTS.name) for c in want
         ):
@@ -340,13 +389,13 @@ async def stable_split(
 
 
 async def stable_split_single(
-    admin: AIOKafkaAdminClient, worker: Worker, timeout: float
+    admin: AIOKafkaAdminClient, worker: Worker, timeout: float, group: str
 ) -> dict[str, set[int]]:
     """Wait until `worker` alone is the group (the dead member's session expired)."""
     end = time.monotonic() + timeout
     seen: dict[str, dict[str, set[int]]] = {}
     while time.monotonic() < end:
-        seen = await members(admin)
+        seen = await members(admin, group)
         if set(seen) == {worker.client_id}:
             return seen[worker.client_id]
         await asyncio.sleep(0.25)
@@ -354,7 +403,10 @@ async def stable_split_single(
 
 
 async def committed_past(
-    admin: AIOKafkaAdminClient, published: Iterable[RecordMetadata], timeout: float = 30.0
+    admin: AIOKafkaAdminClient,
+    published: Iterable[RecordMetadata],
+    group: str,
+    timeout: float = 30.0,
 ) -> None:
     """Wait until the group committed every published record (nothing left to replay)."""
     need: dict[TopicPartition, int] = {}
@@ -363,11 +415,11 @@ async def committed_past(
         need[tp] = max(need.get(tp, 0), md.offset + 1)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        offsets = await admin.list_consumer_group_offsets(GROUP, partitions=list(need))
+        offsets = await admin.list_consumer_group_offsets(group, partitions=list(need))
         if all(offsets.get(tp) and offsets[tp].offset >= off for tp, off in need.items()):
             return
         await asyncio.sleep(0.2)
-    pytest.fail(f"{GROUP} did not commit {need} in {timeout:.0f} s")
+    pytest.fail(f"{group} did not commit {need} in {timeout:.0f} s")
 
 
 # --- events ------------------------------------------------------------------------------
@@ -415,11 +467,23 @@ def notice_count(watch: Watch) -> int:
     return len(watch.records[SLA_EVENTS.name])
 
 
-async def all_notices(watch: Watch, expected: dict, timeout: float, linger: float = 2.0) -> None:
+async def all_notices(
+    watch: Watch,
+    expected: dict,
+    timeout: float,
+    workers: Iterable[Worker] = (),
+    linger: float = 2.0,
+) -> None:
     """Wait for as many notices as expected, then a little longer: a duplicate fired by a
-    second worker or a replay would land within a tick or two of the first."""
+    second worker or a replay would land within a tick or two of the first. On a timeout
+    the failure shows what arrived and the workers' logs."""
+
+    def explain() -> str:
+        got = Counter(env.type for _, env in watch.envelopes(SLA_EVENTS.name))
+        return "\n".join([f"got {dict(got)}", *(w.tail() for w in workers)])
+
     await watch.until(
-        f"{len(expected)} notices", lambda: notice_count(watch) >= len(expected), timeout
+        f"{len(expected)} notices", lambda: notice_count(watch) >= len(expected), timeout, explain
     )
     await asyncio.sleep(linger)
 
@@ -456,7 +520,7 @@ def check_exactly_once(watch: Watch, expected: dict[tuple[str, str], datetime]) 
 
 
 async def test_kill_restart_mid_deadline_fires_once_on_time(
-    spawn, producer: EventProducer, watch: Watch, admin: AIOKafkaAdminClient
+    spawn, producer: EventProducer, watch: Watch, admin: AIOKafkaAdminClient, group: str
 ) -> None:
     """SIGKILL the only worker while a reminder is pending; its successor recovers the SLA
     table and fires the reminder and the escalation once each, on time.
@@ -476,9 +540,9 @@ async def test_kill_restart_mid_deadline_fires_once_on_time(
     reminder_due = expected[(ref.subject, "sla.reminder")]
     # the SLA state has the case (its changelog record), the route agent routed it, and
     # the group committed the event: from here on nothing depends on the first worker
-    await watch.until("the case in the SLA table", lambda: watch.records[CHANGELOG], 30)
+    await watch.until("the case in the SLA table", lambda: watch.records[changelog(group)], 30)
     await watch.until("the work item", lambda: watch.records[DELIVERY_MSSANTE.name], 30)
-    await committed_past(admin, published)
+    await committed_past(admin, published, group)
 
     killed = await first.kill()
     margin = (reminder_due - datetime.fromtimestamp(killed, UTC)).total_seconds()
@@ -493,15 +557,16 @@ async def test_kill_restart_mid_deadline_fires_once_on_time(
     )
     assert notice_count(watch) == 0, "a notice fired before its due time"
 
-    await all_notices(watch, expected, timeout=margin + policy["escalate_s"] + 20)
+    await all_notices(watch, expected, margin + policy["escalate_s"] + 20, [second])
     lateness = check_exactly_once(watch, expected)
     assert [e.type for _, e in watch.envelopes(SLA_EVENTS.name)] == [
         "sla.reminder",
         "sla.escalated",
     ]
     assert all(r.timestamp / 1000 > ready for r in watch.records[SLA_EVENTS.name])
-    # the successor armed them from the recovered table (>= 2: the session's older cases)
-    assert second.requeued() and max(second.requeued()) >= 2, second.tail()
+    # the successor armed our case's reminder and escalation from the recovered table
+    # (the group is this test's own: no other case is in it)
+    assert second.requeued() and max(second.requeued()) == 2, second.tail()
     roles = Counter(
         (WorkItem.from_envelope(env).event.type, WorkItem.from_envelope(env).recipient.role)
         for _, env in watch.envelopes(DELIVERY_MSSANTE.name)
@@ -514,7 +579,7 @@ async def test_kill_restart_mid_deadline_fires_once_on_time(
 
 
 async def test_two_workers_split_partitions_exactly_once(
-    spawn, producer: EventProducer, watch: Watch, admin: AIOKafkaAdminClient
+    spawn, producer: EventProducer, watch: Watch, admin: AIOKafkaAdminClient, group: str
 ) -> None:
     """Two processes in one group: each owns half of the partitions, both fire the
     deadlines of their own cases, and no notice is fired twice."""
@@ -522,17 +587,17 @@ async def test_two_workers_split_partitions_exactly_once(
     workers = spawn(toml(**policy))
     a, b = await asyncio.gather(workers.start("a"), workers.start("b"))
     await asyncio.gather(a.ready(), b.ready())
-    split = await stable_split(admin, [a, b])
+    split = await stable_split(admin, [a, b], group=group)
 
     envs = [urgent_referral() for _ in range(15)] + [completed_discharge() for _ in range(15)]
     published = await publish(producer, watch, envs)
     expected = expected_notices(envs, **policy)
-    await all_notices(watch, expected, timeout=60)
+    await all_notices(watch, expected, 60, [a, b])
     lateness = check_exactly_once(watch, expected)
 
     # both did work: each member owns partitions that carried some of our cases, and the
     # assignment did not move while the deadlines fired
-    assert await members(admin) == split, "the group rebalanced during the test"
+    assert await members(admin, group) == split, "the group rebalanced during the test"
     for w in (a, b):
         owned = {(t, p) for t, parts in split[w.client_id].items() for p in parts}
         ours = [md for md in published if (md.topic, md.partition) in owned]
@@ -543,7 +608,7 @@ async def test_two_workers_split_partitions_exactly_once(
 
 
 async def test_kill_one_of_two_survivor_fires_its_deadlines_once(
-    spawn, producer: EventProducer, watch: Watch, admin: AIOKafkaAdminClient
+    spawn, producer: EventProducer, watch: Watch, admin: AIOKafkaAdminClient, group: str
 ) -> None:
     """SIGKILL one of two workers while its cases have deadlines pending: the survivor
     takes its partitions, recovers their SLA state and fires each deadline once."""
@@ -551,7 +616,7 @@ async def test_kill_one_of_two_survivor_fires_its_deadlines_once(
     workers = spawn(toml(**policy))
     a, b = await asyncio.gather(workers.start("a"), workers.start("b"))
     await asyncio.gather(a.ready(), b.ready())
-    split = await stable_split(admin, [a, b])
+    split = await stable_split(admin, [a, b], group=group)
 
     envs = [urgent_referral() for _ in range(10)] + [completed_discharge() for _ in range(10)]
     published = await publish(producer, watch, envs)
@@ -560,22 +625,23 @@ async def test_kill_one_of_two_survivor_fires_its_deadlines_once(
     orphans = [md for md in published if (md.topic, md.partition) in victim]
     assert orphans, "the worker to kill holds none of our cases"
     cases = {e.subject.encode() for e in envs}
+    cl = changelog(group)
     await watch.until(
         "every case in the SLA table",
-        lambda: {case_key(CHANGELOG, r) for r in watch.records[CHANGELOG]} >= cases,
+        lambda: {case_key(cl, r) for r in watch.records[cl]} >= cases,
         30,
     )
-    await committed_past(admin, published)
+    await committed_past(admin, published, group)
 
     killed = await b.kill()
     first_due = min(expected.values())
     margin = (first_due - datetime.fromtimestamp(killed, UTC)).total_seconds()
     assert margin > 0, "setup too slow: a deadline was due before the crash"
-    survivor = await stable_split_single(admin, a, timeout=SESSION_TIMEOUT_S + 20)
+    survivor = await stable_split_single(admin, a, SESSION_TIMEOUT_S + 20, group)
     takeover = time.time() - killed
     assert survivor[REFERRAL_EVENTS.name] == set(range(REFERRAL_EVENTS.partitions))
 
-    await all_notices(watch, expected, timeout=margin + policy["escalate_s"] + 20)
+    await all_notices(watch, expected, margin + policy["escalate_s"] + 20, [a])
     lateness = check_exactly_once(watch, expected)
     # the victim's cases were fired by the survivor (the victim was dead by then)
     assert all(r.timestamp / 1000 > killed for r in watch.records[SLA_EVENTS.name])
