@@ -250,6 +250,8 @@ class ProcessorsSettings(BaseModel):
     app_id: str = "carebus-processors"  # consumer group, and prefix of the changelog topics
     session_timeout_s: float = 10.0  # >= the broker's group.min.session.timeout.ms (6 s)
     heartbeat_interval_s: float = 2.0  # at most a third of the session timeout
+    #: how often each worker looks for finished cases to forget ([sla] retention)
+    sweep_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class DashboardUser(BaseModel):

@@ -152,6 +152,7 @@ async def _processors(
         policies=settings.sla,  # type: ignore[arg-type]
         subscriptions=service,
         consents=consents,
+        sweep_interval_s=settings.processors.sweep_interval_s,
     )
     await stack.enter_async_context(
         run_processors(settings, running.bootstrap, ctx, app_id=settings.processors.app_id)

@@ -30,6 +30,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -50,8 +51,10 @@ from processors.notices import notice_envelope
 from processors.routing.parties import CaseParties
 from processors.routing.rules import Decision, route
 from processors.sla.machine import Notice, on_due, on_event
+from processors.sla.retention import stale
 from processors.sla.scheduler import requeue
 from processors.sla.state import CaseState
+from processors.sweep import COMMANDS, Sweep
 from schemas.builders.common import EXT_RECIPIENT_ID
 from schemas.codes import EventType
 from schemas.envelope import Envelope
@@ -219,7 +222,7 @@ def create_app(
                 msg = event.message
                 if msg.topic == SLA_TICKS.name:
                     tracing.use(None)
-                    await guarded("sla", msg, lambda m=msg: on_tick(m.key.decode(), int(m.value)))
+                    await guarded("sla", msg, lambda m=msg: on_tick(m.key.decode(), m.value))
                     continue
                 try:
                     env = Envelope.decode(msg.key, msg.value, msg.headers or [])
@@ -284,7 +287,11 @@ def create_app(
             ctx.queue.schedule(case_id, d.fire_at, d.token)
         PENDING.set(len(ctx.queue))
 
-    async def on_tick(case_id: str, token: int) -> None:
+    async def on_tick(case_id: str, value: bytes) -> None:
+        if value in COMMANDS.values():
+            sweep.apply(case_id, value)
+            return
+        token = int(value)
         try:
             await fire_tick(case_id, token)
         finally:
@@ -321,10 +328,13 @@ def create_app(
             return
         read = read or read_event(env)
         if et.inbound:
+            # every inbound event dates the case (its retention clock), coarsely: the
+            # parties are rewritten for the date only when it is stale (sla/retention.py)
             known = _parties(parties.get(env.subject))
             merged = known.merged(read.parties)
-            if merged != known:
-                parties[env.subject] = merged.to_bytes()
+            now = ctx.clock()
+            if merged != known or stale(known.touched, now, ctx.policies.retention):
+                parties[env.subject] = replace(merged, touched=int(now.timestamp())).to_bytes()
         raw_state = cases.get(env.subject)
         state = CaseState.from_bytes(raw_state) if raw_state else None
         new, fx = on_event(state, et, read.facts, ctx.clock(), ctx.policies)
@@ -352,6 +362,12 @@ def create_app(
         log.info(
             "SLA: %d pending deadlines requeued in %.2fs", count, time.perf_counter() - started
         )
+
+    sweep = Sweep(ctx, cases, parties, ticks)
+
+    @app.timer(ctx.sweep_interval_s)
+    async def forget_finished_cases() -> None:
+        await sweep.run()
 
     @app.timer(ctx.tick_interval_s)
     async def fire_due() -> None:

@@ -70,6 +70,8 @@ class Processors:
     queue: DeadlineQueue = field(default_factory=DeadlineQueue)
     dedup: Deduplicator = field(default_factory=lambda: Deduplicator(200_000))
     tick_interval_s: float = 0.2
+    #: how often finished cases are looked for in the tables (processors/sweep.py)
+    sweep_interval_s: float = 3600.0
     #: patients' recorded sharing decisions (None: only what each event carries)
     consents: ConsentRegistry | None = None
 

@@ -39,6 +39,9 @@ class CaseParties:
     patient_ins: bool = False  # a qualified INS is present (needed to file in the record)
     opposition: bool = False  # the patient opposes record/platform sharing
     extra: dict[str, str] = field(default_factory=dict)
+    #: when an inbound event last named the case (epoch s; 0: never dated), the clock of
+    #: its retention (processors/sla/retention.py)
+    touched: int = 0
 
     def with_role(self, role: str) -> tuple[Party, ...]:
         return tuple(p for p in self.parties if p.role == role)
@@ -54,6 +57,7 @@ class CaseParties:
             patient_ins=newer.patient_ins or self.patient_ins,
             opposition=newer.opposition or self.opposition,
             extra={**self.extra, **newer.extra},
+            touched=max(self.touched, newer.touched),
         )
 
     def to_bytes(self) -> bytes:

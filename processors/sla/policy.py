@@ -238,12 +238,19 @@ class SlaPolicies(BaseModel):
     calendar: BusinessCalendar = Field(default_factory=BusinessCalendar)
     policies: tuple[SlaPolicy, ...] = Field(default_factory=default_policies)
     discharge: DischargePolicy = Field(default_factory=DischargePolicy)
+    #: how long a case is remembered after its last inbound event once nothing is pending
+    #: (calendar time; processors/sla/retention.py). 30 days, as long as the event topics
+    #: keep the events themselves. Not scaled by `compressed`: it bounds the workers'
+    #: memory (about 1 KB per case remembered), it is not a promise made to anyone.
+    retention: DelayField = Delay(30)
 
     @model_validator(mode="after")
     def _unique_names(self) -> SlaPolicies:
         names = [p.name for p in self.policies] + [self.discharge.name]
         if len(set(names)) != len(names):
             raise ValueError(f"policy names must be unique: {names}")
+        if self.retention.days * 86400 + self.retention.time.total_seconds() <= 0:
+            raise ValueError(f"retention must be positive, not {self.retention}")
         return self
 
     def policy_for(self, event_type: EventType | str, priority: str | None) -> SlaPolicy | None:

@@ -67,6 +67,8 @@ async def processors_running(
     policies: SlaPolicies,
     prefix: str,
     consents: ConsentRegistry | None = None,
+    sweep_interval_s: float = 3600.0,
+    app_id: str | None = None,
 ) -> AsyncIterator[Processors]:
     """The faust processors in this process, own app id (consumer group) per test."""
     producer = EventProducer(bootstrap, settings.kafka)
@@ -78,10 +80,10 @@ async def processors_running(
             policies=policies,
             tick_interval_s=0.1,
             consents=consents,
+            sweep_interval_s=sweep_interval_s,
         )
-        async with run_processors(
-            settings, bootstrap, ctx, app_id=f"{prefix}-{uuid.uuid4().hex[:6]}"
-        ):
+        app_id = app_id or f"{prefix}-{uuid.uuid4().hex[:6]}"
+        async with run_processors(settings, bootstrap, ctx, app_id=app_id):
             yield ctx
     finally:
         await producer.stop()
