@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -334,7 +335,9 @@ def create_app(
             merged = known.merged(read.parties)
             now = ctx.clock()
             if merged != known or stale(known.touched, now, ctx.policies.retention):
-                parties[env.subject] = replace(merged, touched=int(now.timestamp())).to_bytes()
+                parties[env.subject] = replace(
+                    merged, touched=math.ceil(now.timestamp())
+                ).to_bytes()
         raw_state = cases.get(env.subject)
         state = CaseState.from_bytes(raw_state) if raw_state else None
         new, fx = on_event(state, et, read.facts, ctx.clock(), ctx.policies)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -101,5 +102,5 @@ class Sweep:
             FORGOTTEN.inc()
         elif judged == "touch":
             known = CaseParties.from_bytes(raw_parties) if raw_parties else CaseParties()
-            touched = int(self.ctx.clock().timestamp())
+            touched = math.ceil(self.ctx.clock().timestamp())  # rounded up: never before now
             self.parties[case_id] = replace(known, touched=touched).to_bytes()

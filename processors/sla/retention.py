@@ -9,7 +9,8 @@ inbound event is older than the retention (`[sla] retention`, 30 days by default
 as the event topics keep the events themselves). A later event on a forgotten case
 starts it afresh, like a case never seen.
 
-The last inbound event is known through `CaseParties.touched` (epoch seconds). Rewriting
+The last inbound event is known through `CaseParties.touched` (epoch seconds, rounded
+up so that it is never earlier than the event was processed). Rewriting
 the parties on every event only to move that date would double the changelog writes, so
 the date moves only when it is older than `slack(retention)` (an eighth of it): it may
 be up to that much behind the true last event, and `verdict` waits for retention + slack
