@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bus.producer import EventProducer
 from bus.settings import Settings
-from processors.app import Processors
+from processors.app import SOURCE_TOPICS, Processors
 from processors.consent import ConsentRegistry
 from processors.runner import run_processors
 from processors.sla.policy import SlaPolicies
 from schemas.codes import EventType
 from schemas.envelope import Envelope
 from schemas.events import build_event
+from schemas.topics import CATALOG
 from schemas.validate import validate_message
 
 
@@ -87,3 +89,23 @@ async def processors_running(
             yield ctx
     finally:
         await producer.stop()
+
+
+async def start_at_the_end(bootstrap: str, app_id: str) -> None:
+    """Commit the end of every topic the processors consume for `app_id`: a group of a
+    test's own then starts with no backlog. On the session broker, reading the earlier
+    suites' events from `earliest` takes longer than the deadlines a test times."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=app_id)
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(spec.name, p)
+            for spec in CATALOG
+            if spec.name in SOURCE_TOPICS
+            for p in range(spec.partitions)
+        ]
+        assert {tp.topic for tp in parts} == set(SOURCE_TOPICS)
+        consumer.assign(parts)
+        await consumer.commit(await consumer.end_offsets(parts))
+    finally:
+        await consumer.stop()

@@ -55,12 +55,11 @@ from aiokafka.structs import ConsumerRecord, RecordMetadata
 from bus.producer import EventProducer
 from bus.provisioning import apply_topics
 from bus.settings import Settings
-from processors.app import SOURCE_TOPICS, internal_topics
+from processors.app import internal_topics
 from schemas.codes import EventType
 from schemas.envelope import Envelope
 from schemas.samples import referral_info, stay_info
 from schemas.topics import (
-    CATALOG,
     DELIVERY_MSSANTE,
     REFERRAL_EVENTS,
     SLA_EVENTS,
@@ -68,7 +67,7 @@ from schemas.topics import (
     topic_for,
 )
 from schemas.workitem import WorkItem
-from tests.integration.processors_support import envelope
+from tests.integration.processors_support import envelope, start_at_the_end
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -218,22 +217,7 @@ async def group(catalog_applied: str, settings: Settings) -> str:
     the workers start with no backlog and no SLA state but what the test sends."""
     app_id = f"carebus-resilience-{uuid.uuid4().hex[:8]}"
     await apply_topics(catalog_applied, settings.kafka, internal_topics(app_id))
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=catalog_applied, group_id=app_id, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = [
-            TopicPartition(spec.name, p)
-            for spec in CATALOG
-            if spec.name in SOURCE_TOPICS
-            for p in range(spec.partitions)
-        ]
-        assert {tp.topic for tp in parts} == set(SOURCE_TOPICS)
-        consumer.assign(parts)
-        await consumer.commit(await consumer.end_offsets(parts))
-    finally:
-        await consumer.stop()
+    await start_at_the_end(catalog_applied, app_id)
     return app_id
 
 

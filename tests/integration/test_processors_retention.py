@@ -18,17 +18,21 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from bus.settings import Settings
-from processors.app import SOURCE_TOPICS, Processors
+from processors.app import Processors
 from processors.sla.policy import DischargePolicy, SlaPolicies
 from schemas.codes import EventType
 from schemas.envelope import Envelope
 from schemas.samples import referral_info, stay_info
-from schemas.topics import CATALOG, SLA_EVENTS, topic_for
-from tests.integration.processors_support import envelope, processors_running
+from schemas.topics import SLA_EVENTS, topic_for
+from tests.integration.processors_support import (
+    envelope,
+    processors_running,
+    start_at_the_end,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -96,9 +100,7 @@ async def running(
         update={"discharge": DischargePolicy(ack_within=None, followup_after="5s")}
     )
     app_id = f"test-retention-{uuid.uuid4().hex[:6]}"
-    # from the end of the sources: on the session broker, reading the earlier suites'
-    # events from `earliest` would take longer than the retention being timed
-    await at_the_end(catalog_applied, app_id)
+    await start_at_the_end(catalog_applied, app_id)
     async with processors_running(
         catalog_applied, settings, policies, "", sweep_interval_s=SWEEP_S, app_id=app_id
     ) as ctx:
@@ -108,22 +110,6 @@ async def running(
             yield ctx, logs
         finally:
             await logs.stop()
-
-
-async def at_the_end(bootstrap: str, app_id: str) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=app_id)
-    await consumer.start()
-    try:
-        parts = [
-            TopicPartition(spec.name, p)
-            for spec in CATALOG
-            if spec.name in SOURCE_TOPICS
-            for p in range(spec.partitions)
-        ]
-        consumer.assign(parts)
-        await consumer.commit(await consumer.end_offsets(parts))
-    finally:
-        await consumer.stop()
 
 
 async def publish(ctx: Processors, *envs: Envelope) -> None:
