@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -52,7 +51,7 @@ from processors.notices import notice_envelope
 from processors.routing.parties import CaseParties
 from processors.routing.rules import Decision, route
 from processors.sla.machine import Notice, on_due, on_event
-from processors.sla.retention import stale
+from processors.sla.retention import stale, stamp
 from processors.sla.scheduler import requeue
 from processors.sla.state import CaseState
 from processors.sweep import COMMANDS, Sweep
@@ -335,9 +334,7 @@ def create_app(
             merged = known.merged(read.parties)
             now = ctx.clock()
             if merged != known or stale(known.touched, now, ctx.policies.retention):
-                parties[env.subject] = replace(
-                    merged, touched=math.ceil(now.timestamp())
-                ).to_bytes()
+                parties[env.subject] = replace(merged, touched=stamp(now)).to_bytes()
         raw_state = cases.get(env.subject)
         state = CaseState.from_bytes(raw_state) if raw_state else None
         new, fx = on_event(state, et, read.facts, ctx.clock(), ctx.policies)

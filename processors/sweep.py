@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import replace
 from typing import Any
@@ -28,7 +27,7 @@ from prometheus_client import Counter, Gauge
 from bus.metrics import REGISTRY
 from processors.context import Processors
 from processors.routing.parties import CaseParties
-from processors.sla.retention import Verdict, verdict
+from processors.sla.retention import Verdict, stamp, verdict
 from processors.sla.state import CaseState
 
 log = logging.getLogger("carebus.processors")
@@ -102,5 +101,4 @@ class Sweep:
             FORGOTTEN.inc()
         elif judged == "touch":
             known = CaseParties.from_bytes(raw_parties) if raw_parties else CaseParties()
-            touched = math.ceil(self.ctx.clock().timestamp())  # rounded up: never before now
-            self.parties[case_id] = replace(known, touched=touched).to_bytes()
+            self.parties[case_id] = replace(known, touched=stamp(self.ctx.clock())).to_bytes()

@@ -23,6 +23,7 @@ entry, get a "touch" first: they are dated at the first sweep, not purged blindl
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -41,6 +42,11 @@ def length(retention: Delay) -> timedelta:
 def slack(retention: Delay) -> timedelta:
     """How stale `touched` may get before an event rewrites it."""
     return length(retention) / 8
+
+
+def stamp(now: datetime) -> int:
+    """The `touched` value for an event processed at `now`: rounded up, never earlier."""
+    return math.ceil(now.timestamp())
 
 
 def stale(touched: int, now: datetime, retention: Delay) -> bool:

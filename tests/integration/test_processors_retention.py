@@ -26,13 +26,14 @@ from processors.app import Processors
 from processors.sla.policy import DischargePolicy, SlaPolicies
 from schemas.codes import EventType
 from schemas.envelope import Envelope
-from schemas.samples import referral_info, stay_info
+from schemas.samples import referral_info
 from schemas.topics import SLA_EVENTS, topic_for
 from tests.integration.processors_support import (
     envelope,
     processors_running,
     start_at_the_end,
 )
+from tests.integration.test_processors import collect, stay
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -117,10 +118,6 @@ async def publish(ctx: Processors, *envs: Envelope) -> None:
         await ctx.producer.publish(topic_for(env.type), env)
 
 
-def stay(**changes: object):
-    return dataclasses.replace(stay_info(), visit_number=f"V{uuid.uuid4().hex[:10]}", **changes)
-
-
 def urgent():
     return dataclasses.replace(
         referral_info(), referral_id=f"R-{uuid.uuid4().hex[:8]}", priority="urgent"
@@ -131,27 +128,8 @@ async def sla_notices(
     bootstrap: str, case: str, count: int, timeout: float
 ) -> list[tuple[str, int]]:
     """(type, record timestamp in ms) of the case's notices on care.sla.events."""
-    consumer = AIOKafkaConsumer(
-        SLA_EVENTS.name,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    got: list[tuple[str, int]] = []
-    try:
-        end = asyncio.get_running_loop().time() + timeout
-        while len(got) < count and asyncio.get_running_loop().time() < end:
-            batch = await consumer.getmany(timeout_ms=200)
-            for rs in batch.values():
-                got += [
-                    (Envelope.decode(r.key, r.value, r.headers).type, r.timestamp)
-                    for r in rs
-                    if r.key == case.encode()
-                ]
-    finally:
-        await consumer.stop()
-    return got
+    got = await collect(bootstrap, SLA_EVENTS.name, case, lambda g: len(g) >= count, timeout)
+    return [(Envelope.decode(r.key, r.value, r.headers).type, r.timestamp) for r in got]
 
 
 async def test_finished_cases_are_forgotten_pending_ones_kept_until_they_fire(
