@@ -74,3 +74,9 @@ CONSUMER_LAG = Gauge(
     ["group", "topic"],
     registry=REGISTRY,
 )
+TOKEN_EXPIRY = Gauge(
+    "carebus_api_token_expiry_timestamp_seconds",
+    "When each API client's token stops being accepted (Unix time; alert ahead of it)",
+    ["client"],
+    registry=REGISTRY,
+)

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -93,6 +93,10 @@ class ApiClient(BaseModel):
     identifiers: list[str] = ["*"]  # RPPS / FINESS values it may act for; "*" = any
     subscriptions: bool = False  # may manage e-parcours subscriptions
     dashboard: bool = False  # may open the coordinator dashboard
+    #: when the token stops being accepted (with its UTC offset, e.g. "2027-06-30T00:00:00Z");
+    #: None = until it is removed or rotated. Expiry forces a rotation schedule on tokens
+    #: shared with practice software vendors, which cannot be revoked by the caller.
+    expires: AwareDatetime | None = None
 
     def digest(self) -> str:
         if self.token_sha256:

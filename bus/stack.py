@@ -14,16 +14,18 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bus.consumer import EventConsumer
 from bus.logs import install_guard
 from bus.producer import EventProducer
 from bus.runtime import broker
-from bus.settings import Settings
+from bus.settings import ApiClient, Settings
 
 if TYPE_CHECKING:
     from adapters.eparcours.service import SubscriptionService
+    from adapters.fhir_api.auth import TokenRegistry
     from processors.consent import ConsentRegistry
 
 log = logging.getLogger("carebus.stack")
@@ -262,6 +264,7 @@ async def _ingress(
     tokens = TokenRegistry(h.clients)
     if not len(tokens):
         log.warning("no HTTP API client configured: every API call will get 401")
+    _watch_token_expiry(tokens, h.clients)
     base = f"http://{h.host}:{h.port}/fhir"
     app = create_app(ApiContext(gate, tokens, h.max_body_bytes, base))
     app.router.routes.extend(
@@ -275,6 +278,19 @@ async def _ingress(
     stack.push_async_callback(mllp.stop)
     running.endpoints["mllp"] = f"mllp://{settings.mllp.host}:{mport}"
     running.ports["mllp"] = mport
+
+
+def _watch_token_expiry(tokens: TokenRegistry, clients: list[ApiClient]) -> None:
+    """Warn now about tokens that expire within 14 days; export every expiry for alerts."""
+    from bus.metrics import TOKEN_EXPIRY
+
+    for c in clients:
+        if c.expires is not None:
+            TOKEN_EXPIRY.labels(c.id).set(c.expires.timestamp())
+    now = datetime.now(UTC)
+    for c in tokens.expiring(timedelta(days=14), now):
+        state = "expired" if c.expires <= now else "expires"
+        log.warning("API client %s: token %s at %s; rotate it", c.id, state, c.expires)
 
 
 async def _dashboard(

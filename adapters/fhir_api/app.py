@@ -69,7 +69,7 @@ def create_app(ctx: ApiContext) -> Starlette:
         return ctx.tokens.authenticate(request.headers.get("authorization"))
 
     def auth_failed(err: AuthError) -> Response:
-        hdrs = {"WWW-Authenticate": 'Bearer realm="carebus"'} if err.status == 401 else None
+        hdrs = {"WWW-Authenticate": err.challenge()} if err.status == 401 else None
         return outcome(err.status, [err.issue], hdrs)
 
     async def healthz(_: Request) -> Response:

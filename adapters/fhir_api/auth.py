@@ -4,6 +4,8 @@ Each API client (a practice software publisher, a hospital, a platform) has a to
 the event types it may publish, and the identifiers it may publish for (its FINESS,
 its practitioners' RPPS): a hospital can only announce its own discharges. Tokens are
 compared by SHA-256 digest in constant time; the clear token is never stored or logged.
+A token may carry an expiry date: past it, the caller gets RFC 6750's `invalid_token`
+and the operator has been warned at start-up (`expiring`) before it happens.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from bus.settings import ApiClient
 from schemas.outcome import Issue, IssueCode
@@ -22,6 +25,15 @@ from schemas.outcome import Issue, IssueCode
 class AuthError:
     status: int  # 401 (who are you?) or 403 (not allowed)
     issue: Issue
+    #: RFC 6750 `error` for the WWW-Authenticate header: "invalid_token" when a token was
+    #: presented and refused; None when none was (the RFC asks for no error code then)
+    bearer_error: str | None = None
+
+    def challenge(self) -> str:
+        """The WWW-Authenticate value of a 401 (no token or client detail in it)."""
+        if self.bearer_error is None:
+            return 'Bearer realm="carebus"'
+        return f'Bearer realm="carebus", error="{self.bearer_error}"'
 
 
 class TokenRegistry:
@@ -31,7 +43,15 @@ class TokenRegistry:
     def __len__(self) -> int:
         return len(self._clients)
 
-    def authenticate(self, authorization: str | None) -> ApiClient | AuthError:
+    def expiring(self, within: timedelta, now: datetime | None = None) -> list[ApiClient]:
+        """Clients whose token has expired or expires within `within`, soonest first."""
+        limit = (now or datetime.now(UTC)) + within
+        soon = [c for _, c in self._clients if c.expires is not None and c.expires <= limit]
+        return sorted(soon, key=lambda c: c.expires or limit)
+
+    def authenticate(
+        self, authorization: str | None, now: datetime | None = None
+    ) -> ApiClient | AuthError:
         if not authorization:
             return AuthError(401, Issue(IssueCode.SECURITY, "missing bearer token"))
         scheme, _, token = authorization.partition(" ")
@@ -43,7 +63,16 @@ class TokenRegistry:
             if hmac.compare_digest(known, digest):
                 found = client
         if found is None:
-            return AuthError(401, Issue(IssueCode.SECURITY, "unknown or revoked token"))
+            return AuthError(
+                401, Issue(IssueCode.SECURITY, "unknown or revoked token"), "invalid_token"
+            )
+        if found.expires is not None and (now or datetime.now(UTC)) >= found.expires:
+            expired = found.expires.astimezone(UTC).isoformat(timespec="seconds")
+            return AuthError(
+                401,
+                Issue(IssueCode.SECURITY, f"token expired at {expired}: ask for a new one"),
+                "invalid_token",
+            )
         return found
 
 

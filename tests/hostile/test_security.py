@@ -49,6 +49,7 @@ from tests.hostile.support import Client, hl7, rejected_records, start_listener,
 ROOT = Path(__file__).parents[2]
 GOOD = "tok-sec-good-9f3e1c7a"
 RESTRICTED = "tok-sec-restricted-41d0"
+EXPIRED = "tok-sec-expired-77b2"
 PATIENT = ("LEFÈVRE", "Lefèvre", "Hélène", "Noëlle", "256030331004597", "258030319004510")
 
 
@@ -67,6 +68,8 @@ async def api(catalog_applied: str, settings: Settings) -> AsyncIterator[httpx.A
         ),
         # a revoked client: its old token was rotated, only the new digest is configured
         ApiClient(id="rotated", token_sha256="0" * 64),
+        # a vendor token past its rotation date
+        ApiClient(id="lapsed", token=EXPIRED, expires=datetime(2026, 1, 1, tzinfo=UTC)),
     ]  # fmt: skip
     ctx = ApiContext(Ingress(producer), TokenRegistry(clients), 200_000, "http://127.0.0.1/fhir")
     async with serve(create_app(ctx), "127.0.0.1", 0) as port:
@@ -92,6 +95,7 @@ BAD_AUTH = [
     ("token with suffix", "Bearer " + GOOD + "x"),
     ("revoked (rotated) token", "Bearer tok-the-old-rotated-token"),
     ("token in another scheme name", GOOD),
+    ("expired token", "Bearer " + EXPIRED),
 ]
 
 
@@ -104,6 +108,16 @@ async def test_bad_credentials_get_401_with_www_authenticate(api, case, authoriz
     assert out["resourceType"] == "OperationOutcome" and out["issue"][0]["code"] == "security"
     metrics = await api.get("/metrics", headers={"authorization": authorization or ""})
     assert metrics.status_code == 401
+
+
+async def test_expired_token_is_told_it_expired_with_rfc6750_invalid_token(api) -> None:
+    resp = await _post(api, orjson.dumps(sample_bundle("referral.requested")), f"Bearer {EXPIRED}")
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"] == 'Bearer realm="carebus", error="invalid_token"'
+    diagnostics = resp.json()["issue"][0]["diagnostics"]
+    assert "expired at 2026-01-01T00:00:00+00:00" in diagnostics and EXPIRED not in resp.text
+    missing = await _post(api, orjson.dumps(sample_bundle("referral.requested")), None)
+    assert missing.headers["www-authenticate"] == 'Bearer realm="carebus"'
 
 
 async def test_the_good_token_still_works_and_scheme_is_case_insensitive(api) -> None:
