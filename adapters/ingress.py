@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -23,7 +24,8 @@ from bus import metrics, tracing
 from bus.deadletter import rejected_input
 from bus.dedup import Deduplicator
 from bus.producer import EventProducer
-from bus.settings import KafkaSettings
+from bus.settings import IngressSettings, KafkaSettings
+from schemas.clock_rules import message_time_issue
 from schemas.codes import EventType
 from schemas.envelope import H_INGRESS_TIME, Envelope, now_iso
 from schemas.outcome import Issue, IssueCode
@@ -44,8 +46,16 @@ class Accepted:
 class Ingress:
     """Accept or refuse inbound messages, durably, for one process."""
 
-    def __init__(self, producer: EventProducer, *, dedup_size: int = 100_000) -> None:
+    def __init__(
+        self,
+        producer: EventProducer,
+        *,
+        dedup_size: int = 100_000,
+        rules: IngressSettings | None = None,
+    ) -> None:
+        """`rules` None: no clock rule (replays and operator sends take old messages)."""
         self.producer = producer
+        self.rules = rules
         self._acked = Deduplicator(dedup_size)  # event ids already acknowledged here
         # content digest per acknowledged event id: a reused id with other content is
         # refused instead of being acknowledged as a retransmission and dropped
@@ -68,6 +78,21 @@ class Ingress:
             f"event id {msg.event_id} was already accepted with different content; "
             "a new message needs a new id (FHIR Bundle.id / HL7 MSH-10)",
             "Bundle.id",
+        )
+
+    def check_clock(
+        self, msg: ValidatedMessage, now: datetime | None = None, where: str = "Bundle.timestamp"
+    ) -> Issue | None:
+        """A message dated too far ahead of the bus clock, or too old (`[ingress]`)."""
+        if self.rules is None or not msg.timestamp or self._acked.seen(msg.event_id):
+            return None  # a retransmission of an accepted message is acknowledged again
+        age = self.rules.max_message_age_days
+        return message_time_issue(
+            msg.timestamp,
+            now or datetime.now(UTC),
+            max_skew=timedelta(seconds=self.rules.max_clock_skew_s),
+            max_age=timedelta(days=age) if age > 0 else None,
+            where=where,
         )
 
     def check_referral(self, msg: ValidatedMessage) -> TransitionRefused | None:

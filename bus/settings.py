@@ -106,6 +106,15 @@ class ApiClient(BaseModel):
         return ""
 
 
+class IngressSettings(BaseModel):
+    """Rules every inbound channel (FHIR HTTP, MLLP) applies; replays are exempt."""
+
+    #: how far ahead of the bus clock a message's own time may be (sender clock drift)
+    max_clock_skew_s: float = 900.0
+    #: older messages are refused (a flushed queue must not open cases as new); 0 = no limit
+    max_message_age_days: float = 30.0
+
+
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -323,6 +332,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     source: str = "urn:carebus:bus"  # ce_source of events the bus emits itself
     kafka: KafkaSettings = KafkaSettings()
+    ingress: IngressSettings = IngressSettings()
     http: HttpSettings = HttpSettings()
     mllp: MllpSettings = MllpSettings()
     mssante: MssanteSettings = MssanteSettings()

@@ -255,7 +255,7 @@ async def _ingress(
     from bus.asgi import serve
 
     h = settings.http
-    gate = Ingress(producer)
+    gate = Ingress(producer, rules=settings.ingress)
     stop_feed = asyncio.Event()
     stack.callback(stop_feed.set)
     _task(

@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
 from schemas.codes import (
@@ -171,6 +172,7 @@ def _patient(ctx: RuleContext, i: int, res: dict) -> None:
             "with a system and a value",
         )
     _code(ctx, res, at, "gender", GENDER)
+    _birth_date(ctx, res.get("birthDate"), at)
     for j, ext in enumerate(as_list(res.get("extension"))):
         ext = as_dict(ext)
         if ext.get("url") == EXT_SHARING_OPPOSITION and not isinstance(
@@ -181,6 +183,19 @@ def _patient(ctx: RuleContext, i: int, res: dict) -> None:
                 f"{at}.extension[{j}].valueBoolean",
                 "sharing opposition is a valueBoolean",
             )
+
+
+def _birth_date(ctx: RuleContext, value: object, at: str) -> None:
+    """A birth date after tomorrow (any time zone's today) is a keying error: with it the
+    INS traits no longer match the national teleservice and the patient is misfiled."""
+    if not isinstance(value, str) or len(value) != 10:
+        return  # partial dates (1950, 1950-03) are legal; the format is judged elsewhere
+    try:
+        born = date.fromisoformat(value)
+    except ValueError:
+        return
+    if born > date.today() + timedelta(days=1):
+        ctx.fail(IssueCode.VALUE, f"{at}.birthDate", f"birth date {value} is in the future")
 
 
 def _national_id(

@@ -123,9 +123,7 @@ def create_app(ctx: ApiContext) -> Starlette:
             return await refuse(413, b"", who, [issue], ctype)
         try:
             if len(raw) > INLINE_VALIDATION_BYTES:
-                msg = await asyncio.to_thread(
-                    validate_message, raw, max_bytes=ctx.max_body_bytes
-                )
+                msg = await asyncio.to_thread(validate_message, raw, max_bytes=ctx.max_body_bytes)
             else:
                 msg = validate_message(raw, max_bytes=ctx.max_body_bytes)
         except ValidationFailed as exc:
@@ -134,6 +132,9 @@ def create_app(ctx: ApiContext) -> Starlette:
         denied = may_publish(who, msg.event_type.value, _acting_for(msg.sender_ids))
         if denied is not None:
             return await refuse(denied.status, raw, who, [denied.issue], ctype)
+        late_or_early = ctx.ingress.check_clock(msg)
+        if late_or_early is not None:
+            return await refuse(422, raw, who, [late_or_early], ctype)
         reused = ctx.ingress.check_reuse(msg)
         if reused is not None:
             return await refuse(409, raw, who, [reused], ctype)

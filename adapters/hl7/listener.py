@@ -151,6 +151,9 @@ class MllpListener:
                 )
             raw = orjson.dumps(to_bundle(adt))
             validated = validate_message(raw, structural=False)
+            dated = self.ingress.check_clock(validated, where="MSH-7")
+            if dated is not None:
+                raise ValidationFailed([dated])
             reused = self.ingress.check_reuse(validated)
             if reused is not None:
                 raise ValidationFailed([dataclasses.replace(reused, expression="MSH-10")])

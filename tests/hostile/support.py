@@ -14,7 +14,7 @@ from adapters.hl7.message import parse_message
 from adapters.ingress import Ingress
 from bus.deadletter import header_text
 from bus.producer import EventProducer
-from bus.settings import MllpSettings, Settings
+from bus.settings import IngressSettings, MllpSettings, Settings
 from schemas.topics import REJECTED_INPUT
 
 DATA = Path(__file__).parents[1] / "data" / "hl7"
@@ -89,9 +89,13 @@ class Client:
             pass
 
 
-async def start_listener(bootstrap: str, settings: Settings, **mllp: object) -> MllpListener:
+async def start_listener(
+    bootstrap: str, settings: Settings, rules: IngressSettings | None = None, **mllp: object
+) -> MllpListener:
+    """A listener on the real broker; `rules` None: no clock rule (the samples are from 2024)."""
     producer = EventProducer(bootstrap, settings.kafka, timeout_s=5)
-    listener = MllpListener(Ingress(producer), MllpSettings(port=0, **mllp))  # type: ignore[arg-type]
+    ingress = Ingress(producer, rules=rules)
+    listener = MllpListener(ingress, MllpSettings(port=0, **mllp))  # type: ignore[arg-type]
     await listener.start()
     return listener
 

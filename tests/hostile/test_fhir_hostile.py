@@ -12,6 +12,7 @@ import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import orjson
@@ -24,7 +25,7 @@ from adapters.ingress import Ingress
 from bus.asgi import serve
 from bus.deadletter import header_text
 from bus.producer import EventProducer
-from bus.settings import ApiClient, Settings
+from bus.settings import ApiClient, IngressSettings, Settings
 from schemas.codes import EXT_PLANNED_DISCHARGE
 from schemas.envelope import Envelope
 from schemas.samples import sample_bundle
@@ -52,7 +53,7 @@ class Api:
 async def api(catalog_applied: str, settings: Settings) -> AsyncIterator[Api]:
     producer = EventProducer(catalog_applied, settings.kafka, timeout_s=5)
     ctx = ApiContext(
-        ingress=Ingress(producer),
+        ingress=Ingress(producer, rules=IngressSettings()),  # the clock rule of `carebus up`
         tokens=TokenRegistry([ApiClient(id="any", token=TOKEN)]),
         max_body_bytes=LIMIT,
         base_url="http://127.0.0.1/fhir",
@@ -94,6 +95,13 @@ def _header(key: str, value: object) -> Callable[[dict], None]:
     return lambda b: b["entry"][0]["resource"]["eventCoding"].__setitem__(key, value)
 
 
+def _stamped(days: float) -> Callable[[dict], None]:
+    """Bundle.timestamp `days` from now (computed when the case runs)."""
+    return lambda b: b.__setitem__(
+        "timestamp", (datetime.now(UTC) + timedelta(days=days)).isoformat(timespec="seconds")
+    )
+
+
 def _ins(system: str, value: str) -> Callable[[dict], None]:
     def mutate(b: dict) -> None:
         resource(b, "Patient")["identifier"] = [{"system": system, "value": value}]
@@ -125,6 +133,12 @@ CASES: list[tuple[str, str, Callable[[dict], None], int, str, str]] = [
      _set("Encounter", "period", {"start": "2025-03-19T10:00:00+01:00",
                                   "end": "2025-03-11T10:00:00+01:00"}),
      422, "ends before it starts", "period.end"),
+    ("message dated a day ahead of the bus clock", "referral.requested", _stamped(1), 422,
+     "ahead of the bus clock", "Bundle.timestamp"),
+    ("message dated three years ago", "discharge.planned", _stamped(-1100), 422,
+     "old (limit 30 days)", "Bundle.timestamp"),
+    ("birth date in the future", "referral.requested", _set("Patient", "birthDate", "2099-01-01"),
+     422, "in the future", "birthDate"),
     ("Task status not in its value set", "referral.requested", _set("Task", "status", "done"),
      422, "", "status"),
 ]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import date, timedelta
 
 import orjson
 import pytest
@@ -62,6 +63,23 @@ def test_planned_discharge_years_before_the_admission_is_refused() -> None:
     (issue,) = exc.value.issues
     assert issue.code is IssueCode.VALUE and "before the admission" in issue.diagnostics
     assert issue.expression.endswith("extension[0].valueDateTime")
+
+
+def _with_birth(value: str) -> dict:
+    bundle = sample_bundle("referral.requested")
+    patient = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"
+    )
+    patient["birthDate"] = value
+    return bundle
+
+
+def test_birth_date_after_tomorrow_is_refused_a_newborn_or_a_year_alone_is_fine() -> None:
+    later = (date.today() + timedelta(days=2)).isoformat()
+    issues = _issues(orjson.dumps(_with_birth(later)))
+    assert any(i.expression.endswith("birthDate") and "future" in i.diagnostics for i in issues)
+    for fine in (date.today().isoformat(), "1950", "1950-03"):
+        validate_bundle(_with_birth(fine))  # does not raise
 
 
 def test_planned_discharge_on_the_admission_day_is_fine() -> None:

@@ -13,12 +13,14 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from adapters.hl7.listener import MllpListener
 from bus import metrics
-from bus.settings import Settings
+from bus.settings import IngressSettings, Settings
 from tests.hostile.support import (
     SB,
     Client,
@@ -310,3 +312,38 @@ async def test_reused_control_id_with_other_content_is_refused_not_dropped(
     assert "different content" in acks[2]["err_text"]
     kept = await rejected_records(catalog_applied, [other])
     assert "different content" in reason(kept[other])
+
+
+def _dated(raw: bytes, when: datetime) -> bytes:
+    """The message with MSH-7 set to `when` (in Paris time, as PAM FR senders write it)."""
+    first, sep, rest = raw.partition(b"\r")
+    fields = first.split(b"|")
+    fields[6] = when.astimezone(ZoneInfo("Europe/Paris")).strftime("%Y%m%d%H%M%S").encode()
+    return b"|".join(fields) + sep + rest
+
+
+async def test_message_dated_ahead_of_the_clock_or_long_ago_is_refused_on_msh7(
+    catalog_applied: str, settings: Settings
+) -> None:
+    """The `[ingress]` clock rule as `carebus up` applies it: a sender whose clock is a day
+    ahead (or whose queue replays 2024) hears AR on MSH-7 saying which; a message dated
+    now, and one 10 min ahead (within the tolerance), are accepted."""
+    listener = await start_listener(catalog_applied, settings, rules=IngressSettings())
+    now = datetime.now(UTC)
+    ahead = _dated(_a01(f"F-{uuid.uuid4().hex[:10]}"), now + timedelta(days=1))
+    stale = _a01(f"P-{uuid.uuid4().hex[:10]}")  # the sample's own MSH-7: May 2024
+    drift = _dated(_a01(f"S-{uuid.uuid4().hex[:10]}"), now + timedelta(minutes=10))
+    fresh = _dated(_a01(f"N-{uuid.uuid4().hex[:10]}"), now)
+    try:
+        client = await Client.to(listener)
+        await client.send(ahead, stale, drift, fresh)
+        acks = [await client.ack() for _ in range(4)]
+        await client.close()
+    finally:
+        await stop_listener(listener)
+    assert [a["code"] for a in acks] == ["AR", "AR", "AA", "AA"], acks
+    assert all("MSH^1^7" in a["err_location"] for a in acks[:2]), acks[:2]
+    assert "ahead of the bus clock" in acks[0]["err_text"] and "clock" in acks[0]["err_text"]
+    assert "old" in acks[1]["err_text"] and "replay" in acks[1]["err_text"]
+    kept = await rejected_records(catalog_applied, [ahead, stale])
+    assert "ahead" in reason(kept[ahead]) and "old" in reason(kept[stale])
