@@ -25,7 +25,7 @@ up: system $(STAMP)
 
 ## test: the whole suite against a real Apache Kafka (embedded unless CAREBUS_KAFKA__BOOTSTRAP)
 test: $(STAMP)
-	./scripts/ensure-system.sh dovecot-imapd docker-compose chromium fonts-dejavu-core
+	./scripts/ensure-system.sh dovecot-imapd docker-compose chromium fonts-dejavu-core libfaketime
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## test-fast: pure unit tests only (no sockets)
@@ -57,8 +57,9 @@ soak: system $(STAMP)
 	$(BIN)/python -m bench.soak --seconds $${SOAK_SECONDS:-300} --rate $${SOAK_RATE:-300} --out bench/results/soak.json
 
 ## reliability: the fault tests, including the long ones CI skips (worker SIGKILL)
-reliability: system $(STAMP)
-	CAREBUS_RELIABILITY_LONG=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability tests/unit/test_invariant.py tests/unit/test_sla_clock_jumps.py
+reliability: $(STAMP)
+	./scripts/ensure-system.sh libfaketime
+	CAREBUS_RELIABILITY_LONG=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability tests/unit/test_invariant.py tests/unit/test_sla_clock_jumps.py tests/integration/test_sla_clock_jump.py
 
 schemas: $(STAMP)
 	$(BIN)/carebus schemas export --out build/schemas

@@ -174,7 +174,8 @@ class Workers:
         self.started: list[Worker] = []
         self.tag = uuid.uuid4().hex[:6]
 
-    async def start(self, name: str) -> Worker:
+    async def start(self, name: str, extra_env: dict[str, str] | None = None) -> Worker:
+        """`extra_env`: more environment for this worker (e.g. a faked wall clock)."""
         client_id = f"test-{name}-{self.tag}"
         env = dict(
             os.environ,
@@ -186,6 +187,7 @@ class Workers:
             BROKER_HEARTBEAT_INTERVAL="1",
             BROKER_CLIENT_ID=client_id,
             COLUMNS="200",
+            **(extra_env or {}),
         )
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
