@@ -40,7 +40,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from adapters.bundle_view import extension
 from bus import tracing
 from bus.deadletter import dead_letter_of, is_replayed
-from bus.metrics import LATE_DEADLINES, REGISTRY
+from bus.metrics import REGISTRY
 from bus.settings import KafkaSettings, Settings
 from processors.context import (
     Processors,
@@ -55,6 +55,7 @@ from processors.sla.retention import stale, stamp
 from processors.sla.scheduler import requeue
 from processors.sla.state import CaseState
 from processors.sweep import COMMANDS, Sweep
+from processors.ticker import Ticker
 from schemas.builders.common import EXT_RECIPIENT_ID
 from schemas.codes import EventType
 from schemas.envelope import Envelope
@@ -167,9 +168,7 @@ def create_app(
     parties = app.Table(
         "sla-parties", partitions=SLA_TICKS.partitions, key_type=str, value_type=bytes
     )
-    # due deadlines whose tick was sent but not yet fired: the "late" pending deadlines
-    # (their firing time is past); a backlog here means the agent is behind its clock
-    in_flight: dict[tuple[str, int], int] = {}
+    ticker = Ticker(ctx, ticks)
 
     async def poison(agent: str, msg: Any, exc: Exception) -> None:
         POISON.labels(agent).inc()
@@ -295,8 +294,7 @@ def create_app(
         try:
             await fire_tick(case_id, token)
         finally:
-            if in_flight.pop((case_id, token), None) is not None:
-                LATE_DEADLINES.set(len(in_flight))
+            ticker.landed(case_id, token)
 
     async def fire_tick(case_id: str, token: int) -> None:
         raw_state = cases.get(case_id)
@@ -357,8 +355,7 @@ def create_app(
             if i % 5000 == 4999:  # ~0.1 s slices: heartbeats go on during a long rebuild
                 await asyncio.sleep(0)
         PENDING.set(len(ctx.queue))
-        in_flight.clear()  # ticks of a previous assignment: the requeue re-arms them
-        LATE_DEADLINES.set(0)
+        ticker.reset()  # ticks of a previous assignment: the requeue re-arms them
         log.info(
             "SLA: %d pending deadlines requeued in %.2fs", count, time.perf_counter() - started
         )
@@ -371,22 +368,8 @@ def create_app(
 
     @app.timer(ctx.tick_interval_s)
     async def fire_due() -> None:
-        due = ctx.queue.pop_due(ctx.clock(), limit=5000)
-        sent = 0
-        try:
-            for d in due:
-                in_flight[(d.case_id, d.token)] = d.fire_us
-                await ticks.send(key=d.case_id.encode(), value=str(d.token).encode())
-                sent += 1
-        finally:
-            # popped but not handed to the producer (the timer cancelled by a rebalance,
-            # a send refused): back in the queue, or the deadline would never fire
-            for d in due[sent:]:
-                in_flight.pop((d.case_id, d.token), None)
-                ctx.queue.schedule(d.case_id, d.fire_at, d.token)
-        if due:
+        if await ticker.fire_due():
             PENDING.set(len(ctx.queue))
-            LATE_DEADLINES.set(len(in_flight))
 
     return app
 

@@ -35,6 +35,11 @@ class TopicSpec:
             "cleanup.policy": self.cleanup_policy,
             "retention.ms": str(self.retention_ms),
             "max.message.bytes": str(MAX_MESSAGE_BYTES),
+            # the broker dates records, not the producer: a worker whose clock was stepped
+            # over an hour ahead would otherwise have every write refused (Kafka 4's
+            # message.timestamp.after.max.ms), and a wrong clock would skew retention and
+            # compaction lags. Event time travels in ce_time, never in the record timestamp.
+            "message.timestamp.type": "LogAppendTime",
         }
         cfg.update(self.extra_config)
         return cfg

@@ -5,7 +5,7 @@ The unit tests (tests/unit/test_sla_clock_jumps.py) walk an injected clock throu
 SLA agent's code; here the worker is the command an operator runs, and its clock is moved
 from outside with libfaketime (Debian `libfaketime`, installed by `make test`):
 `LD_PRELOAD` makes every CLOCK_REALTIME read of the process (time.time, datetime.now, the
-Kafka record timestamps it produces) add the offset written in a file, re-read every
+ce_time of what it produces) add the offset written in a file, re-read every
 second. `DONT_FAKE_MONOTONIC=1` leaves CLOCK_MONOTONIC alone, as an NTP step does: the
 asyncio loop's timers, aiokafka's session and heartbeat clocks keep real time. (With it,
 libfaketime 0.9.10 answers `clock_nanosleep` EINVAL, which only `time.sleep` uses; no
@@ -16,24 +16,31 @@ What is checked, from care.sla.events as any consumer of the bus sees it:
   escalation (they are not due yet, even on the stepped clock);
 - a step backward after the reminders fired fires nothing again;
 - a step forward past the escalations fires each escalation once;
-- no notice is early on the worker's own clock (its record timestamp is that clock);
+- a step beyond the hour Kafka 4 lets a record's CreateTime run ahead of the broker
+  still has the worker's writes taken (the bus topics are LogAppendTime);
+- no notice is early on the worker's own clock (its ce_time is that clock);
 - each notice id once; each work item once on care.delivery.mssante.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from bus.producer import EventProducer
-from schemas.topics import DELIVERY_MSSANTE, SLA_EVENTS
+from bus.provisioning import apply_topics
+from bus.settings import KafkaSettings, Settings
+from schemas.topics import DELIVERY_MSSANTE, SLA_EVENTS, SLA_TICKS
 from tests.integration import test_processors_resilience as res
 from tests.integration.test_processors_resilience import (
     Watch,
@@ -133,8 +140,10 @@ async def test_ntp_steps_around_deadlines_fire_each_notice_once_never_early(
     await asyncio.sleep(8)
     assert kinds(watch) == Counter({"sla.reminder": CASES}), kinds(watch)
 
-    # 3. forward again, 1,000 s ahead: past the escalations
-    stepped = clock.set(1000)
+    # 3. forward again, 2 h ahead: past the escalations, and past the hour Kafka 4 allows
+    #    a record's CreateTime to be ahead of the broker (message.timestamp.after.max.ms):
+    #    the bus topics are LogAppendTime, so the worker's writes are still taken
+    stepped = clock.set(7200)
     await watch.until(
         "the escalations", lambda: notice_count(watch) >= 2 * CASES, PROMPT_S, worker.tail
     )
@@ -145,11 +154,79 @@ async def test_ntp_steps_around_deadlines_fire_each_notice_once_never_early(
     got = Counter((env.subject, env.type) for _, env in notices)
     assert got == Counter(dict.fromkeys(due, 1)), f"expected each once: {got}"
     assert len({env.id for _, env in notices}) == len(notices), "a notice id twice"
-    for record, env in notices:
-        fired = datetime.fromtimestamp(record.timestamp / 1000, UTC)  # the worker's clock
+    for _, env in notices:
+        fired = datetime.fromisoformat(env.time)  # ce_time: the worker's clock when it fired
         early = (due[(env.subject, env.type)] - fired).total_seconds()
         assert early <= 0.01, f"{env.type} of {env.subject} {early:.1f} s early on its clock"
     items = Counter(env.id for _, env in watch.envelopes(DELIVERY_MSSANTE.name))
     assert items and max(items.values()) == 1, f"work items twice: {items.most_common(3)}"
     assert "Traceback" not in worker.text(), worker.tail()
     print(f"reminders {reminders_after:.1f} s and escalations {escalations_after:.1f} s after")
+
+
+@contextlib.asynccontextmanager
+async def ticks_refusing_future_records(
+    admin: AIOKafkaAdminClient, bootstrap: str, kafka: KafkaSettings, limit_ms: int
+) -> AsyncIterator[None]:
+    """care.sla.ticks back on CreateTime, refusing records dated more than `limit_ms`
+    ahead of the broker (what every topic did before the bus topics were LogAppendTime);
+    the catalog's config is applied again afterwards."""
+    override = {
+        "message.timestamp.type": "CreateTime",
+        "message.timestamp.after.max.ms": str(limit_ms),
+    }
+    await admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, SLA_TICKS.name, configs=override)]
+    )
+    try:
+        yield
+    finally:
+        await apply_topics(bootstrap, kafka)  # full config again: drops the override
+
+
+async def test_ticks_the_broker_refuses_are_rearmed_and_fire_once_it_takes_them(
+    spawn,
+    producer: EventProducer,
+    watch: Watch,
+    admin: AIOKafkaAdminClient,
+    group: str,
+    tmp_path: Path,
+    catalog_applied: str,
+    settings: Settings,
+) -> None:
+    """A tick is sent, faust's `send` returns, and the broker refuses it afterwards: the
+    deadline must go back in the queue, not vanish (before the fix, the reminders of this
+    test never fired). Here the broker refuses because the worker's clock is 10 min ahead
+    of a topic that allows 1 min; once the clock is set right, each reminder fires once."""
+    policy = {"due_s": 10, "escalate_s": 3000, "followup_s": 3600}
+    clock = SteppedClock(tmp_path)
+    async with ticks_refusing_future_records(admin, catalog_applied, settings.kafka, 60_000):
+        workers = spawn(toml(**policy))
+        worker = await workers.start("refused", clock.env())
+        await worker.ready()
+        refs = [urgent_referral() for _ in range(CASES)]
+        published = await publish(producer, watch, refs)
+        due = expected_notices(refs, **policy)
+        await watch.until(
+            "the cases in the SLA table",
+            lambda: len({r.key for r in watch.records[changelog(group)]}) >= CASES,
+            30,
+            worker.tail,
+        )
+        await committed_past(admin, published, group)
+        clock.set(600)  # the reminders are due on the worker's clock; its ticks are refused
+        await watch.until(
+            "the broker's refusal in the worker's log",
+            lambda: "refused a deadline tick" in worker.text(),
+            PROMPT_S,
+            worker.tail,
+        )
+        await asyncio.sleep(5)  # a few refused retries
+        assert notice_count(watch) == 0, kinds(watch)
+        clock.set(0)  # NTP fixes the clock: the reminders (due 10 s after the requests) are due
+        await watch.until("the reminders", lambda: notice_count(watch) >= CASES, 30, worker.tail)
+        await asyncio.sleep(3)
+    notices = watch.envelopes(SLA_EVENTS.name)
+    got = Counter((env.subject, env.type) for _, env in notices)
+    reminders = {k for k in due if k[1] == "sla.reminder"}
+    assert got == Counter(dict.fromkeys(reminders, 1)), got

@@ -63,7 +63,7 @@ def test_expiring_lists_expired_and_soon_expiring_soonest_first() -> None:
 def test_expiry_needs_a_utc_offset() -> None:
     """A naive date would be read in the server's zone: refused when settings load."""
     with pytest.raises(ValidationError):
-        ApiClient(id="x", token="t", expires=datetime(2027, 1, 1))  # noqa: DTZ001
+        ApiClient(id="x", token="t", expires=datetime(2027, 1, 1))
     parsed = HttpSettings.model_validate(
         {"clients": [{"id": "x", "token": "t", "expires": "2027-06-30T00:00:00+02:00"}]}
     )
