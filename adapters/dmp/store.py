@@ -9,7 +9,8 @@ Routes (FHIR base = the app root):
 - `POST /` ITI-65 Provide Document Bundle (rules and status codes in `store_tx`);
   413 above `max_body_bytes`, 415 for a non-FHIR media type;
 - `GET /DocumentReference?patient.identifier=system|value&type=system|code&date=ge…`
-  ITI-67 Find Document References → searchset Bundle (newest first, `_count` ≤ 500);
+  ITI-67 Find Document References → searchset Bundle (newest first, `_count` ≤ 500 a
+  page, then a `next` link with `_offset`);
 - `GET /DocumentReference/{id}`, `GET /List/{id}`: read;
 - `GET /Binary/{id}` ITI-68 Retrieve Document → the exact bytes with their content
   type (a FHIR Binary resource when the caller asks for `application/fhir+json`);
@@ -190,7 +191,8 @@ def create_store_app(
         statuses = [s for raw in q.getlist("status") for s in raw.split(",") if s]
         try:
             dates = [_date_bound(d) for d in q.getlist("date")]
-            count = min(int(q.get("_count", "100")), 500)
+            count = max(1, min(int(q.get("_count", "100")), 500))
+            offset = max(0, int(q.get("_offset", "0")))
         except ValueError as exc:
             return _outcome(400, [Issue(IssueCode.VALUE, f"bad search value: {exc}"[:300])])
         found = await asyncio.to_thread(
@@ -200,14 +202,24 @@ def create_store_app(
             types=types,
             dates=dates,
             statuses=statuses,
-            limit=count,
+            limit=count + 1,  # one more: is there a next page?
+            offset=offset,
         )
+        more, found = len(found) > count, found[:count]
         base = base_url.rstrip("/")
+        page = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [{"relation": "self", "url": str(request.url)}],
+        }
+        if more:  # the next page: the same query from the next offset
+            nxt = request.url.include_query_params(_offset=offset + count, _count=count)
+            page["link"].append({"relation": "next", "url": str(nxt)})
+        elif offset == 0:
+            page["total"] = len(found)
         return _fhir(
             {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                "total": len(found),
+                **page,
                 "entry": [
                     {
                         "fullUrl": f"{base}/DocumentReference/{idx.id}"

@@ -185,8 +185,10 @@ class DocumentDB:
         dates: list[DateBound] = (),  # type: ignore[assignment]
         statuses: list[str] = (),  # type: ignore[assignment]
         limit: int = 100,
+        offset: int = 0,
     ) -> list[tuple[DocIndex, dict]]:
-        """DocumentReferences of one patient, newest first, with the ITI-67 filters."""
+        """DocumentReferences of one patient, newest first, with the ITI-67 filters; the id
+        breaks ties so that pages (`offset`) neither repeat nor skip a document."""
         sql = [
             "SELECT d.*, r.body FROM doc_index d JOIN resources r",
             "ON r.type='DocumentReference' AND r.id=d.id WHERE d.patient_value=?",
@@ -208,8 +210,8 @@ class DocumentDB:
             clause, values = _date_clause(bound)
             sql.append(f"AND {clause}")
             args.extend(values)
-        sql.append("ORDER BY d.date DESC, d.created DESC LIMIT ?")
-        args.append(limit)
+        sql.append("ORDER BY d.date DESC, d.created DESC, d.id LIMIT ? OFFSET ?")
+        args.extend([limit, offset])
         with self._lock:
             rows = self._conn.execute(" ".join(sql), args).fetchall()
         return [(DocIndex(*row[:12]), orjson.loads(row[12])) for row in rows]

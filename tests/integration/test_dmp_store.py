@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,6 +91,29 @@ class RecordPortContract:
         assert (await record.search(type="http://loinc.org|96349-6"))["total"] == 0
         assert (await record.search(date="ge2999-01-01"))["total"] == 0
         assert (await record.search(**{"patient.identifier": f"{INS_NIR}|1"}))["total"] == 0
+
+    async def test_iti67_pages_through_every_document_once(self, record: Record) -> None:
+        """A patient with more documents than a page: the `next` links reach each once (the
+        soak's invariant found 500 of 721 letters when the search had no paging)."""
+        for n in range(5):
+            bundle = discharge(f"e-dmp-page-{n}")
+            for e in bundle["entry"]:  # five letters, not one letter five times
+                if e["resource"]["resourceType"] == "DocumentReference":
+                    e["resource"]["masterIdentifier"]["value"] = f"urn:uuid:{uuid.uuid4()}"
+            await record.adapter.deliver(work_item(bundle, f"e-dmp-page-{n}"), bundle)
+        page = await record.search(_count="2")
+        seen: list[str] = []
+        pages = 0
+        while True:
+            pages += 1
+            seen += [e["resource"]["id"] for e in page.get("entry", [])]
+            nxt = [x["url"] for x in page.get("link", []) if x["relation"] == "next"]
+            if not nxt:
+                break
+            resp = await record.http.get(nxt[0])
+            assert resp.status_code == 200, resp.text
+            page = resp.json()
+        assert len(seen) == len(set(seen)) == 5 and pages == 3, seen
 
     async def test_iti68_returns_the_exact_bytes(self, record: Record) -> None:
         bundle = discharge()
