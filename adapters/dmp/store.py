@@ -28,6 +28,8 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +47,8 @@ from adapters.dmp.store_tx import TxRefused, check_mhd, check_structure, file_bu
 from adapters.http_outcome import outcome_response as _outcome
 from bus.settings import Settings
 from schemas.outcome import Issue, IssueCode
+
+log = logging.getLogger("carebus.dmp.store")
 
 FHIR_JSON = "application/fhir+json"
 _ACCEPTED = ("application/fhir+json", "application/json")
@@ -172,6 +176,15 @@ def create_store_app(
             answer = await asyncio.to_thread(db.transact, lambda tx: file_bundle(bundle, tx, now))
         except TxRefused as exc:
             return _outcome(exc.status, exc.issues)
+        except sqlite3.OperationalError as exc:
+            # SQLITE_FULL, I/O errors: the transaction rolled back (nothing half-filed) and
+            # the sender should retry later, knowing why; the text carries no patient data
+            log.error("document store cannot write: %s", exc)
+            full = "full" in str(exc).lower()
+            why = "storage is full" if full else f"storage error ({exc})"
+            text = f"the record's {why}; nothing was filed, retry later"
+            issue = Issue(IssueCode.TRANSIENT, text)
+            return _outcome(503, [issue], {"Retry-After": "60"})
         return _fhir(answer)
 
     async def search(request: Request) -> Response:

@@ -145,6 +145,11 @@ class DocumentDB:
         with self._lock:
             self._conn.close()
 
+    def integrity(self) -> str:
+        """SQLite's own verdict on the file ("ok" when intact): for operators and tests."""
+        with self._lock:
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
         with self._lock:

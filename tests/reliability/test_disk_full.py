@@ -1,4 +1,5 @@
-"""Fault (f): the embedded mailbox's disk is full (a real ENOSPC from a 1 MB tmpfs).
+"""Fault (f): the embedded mailbox's or document store's disk is full (a real ENOSPC
+from a tiny tmpfs).
 
 The bus's mail sender talks TLS SMTP to the embedded LocalMailbox whose mailbox directory
 is a tiny tmpfs filled to the brim. Expected: the mailbox answers a *transient* 452 (the
@@ -14,14 +15,21 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from adapters.delivery import DeliveryWorker, RetryPolicy
+from adapters.dmp.client import DmpAdapter
+from adapters.dmp.store import create_store_app
 from adapters.mssante.mailbox import LocalMailbox
 from adapters.mssante.tls import ensure_local_pki
+from bus.asgi import serve
+from bus.settings import DmpSettings
+from tests.integration.test_dmp_store import discharge
+from tests.integration.test_dmp_store import work_item as record_item
 from tests.integration.test_mssante import CARDIO, adapter_for, work_item
 from tests.reliability import invariant as inv
 
@@ -112,3 +120,52 @@ async def test_full_mailbox_disk_is_transient_and_recovers(tmp_path: Path) -> No
                 assert partial == []
             finally:
                 await adapter.aclose()
+
+
+def letter(event_id: str) -> dict:
+    """A discharge whose letter is its own document (the samples share one letter id)."""
+    bundle = discharge(event_id)
+    for e in bundle["entry"]:
+        if e["resource"]["resourceType"] == "DocumentReference":
+            e["resource"]["masterIdentifier"]["value"] = f"urn:uuid:{uuid.uuid4()}"
+    return bundle
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+async def test_full_record_disk_is_transient_uncorrupted_and_recovers(tmp_path: Path) -> None:
+    """The embedded document store's SQLite database on a full disk: ITI-65 answers a
+    transient refusal that names the cause (the bus retries, not delivery.failed at once),
+    nothing is half-filed, the database stays intact, and the same letter is filed once
+    when space returns."""
+    with tmpfs(tmp_path / "dmp", "2m") as disk:
+        app = create_store_app(disk / "store.sqlite3")
+        db = app.state.db
+        try:
+            async with serve(app, "127.0.0.1", 0) as port:
+                base = f"http://127.0.0.1:{port}"
+                adapter = DmpAdapter(base, settings=DmpSettings(timeout_s=10))
+                try:
+                    warm = letter("e-disk-warm")  # the schema and a first letter fit
+                    assert (
+                        await adapter.deliver(record_item(warm, "e-disk-warm"), warm)
+                    ).status == "sent"
+                    filler = fill(disk)
+                    bundle = letter("e-disk-full")
+                    item = record_item(bundle, "e-disk-full")
+                    outcome = await adapter.deliver(item, bundle)
+                    assert outcome.status == "failed" and outcome.retry, outcome
+                    assert "full" in outcome.detail.lower(), outcome.detail
+                    assert db.count("DocumentReference") == 1  # only the warm-up letter
+                    assert db.integrity() == "ok"
+
+                    filler.unlink()
+                    again = await adapter.deliver(item, bundle)
+                    assert again.status == "sent", again
+                    assert (await adapter.deliver(item, bundle)).status == "sent"  # redelivery
+                    assert db.count("DocumentReference") == 2
+                    assert db.count("Binary") == 2
+                    assert db.integrity() == "ok"
+                finally:
+                    await adapter.aclose()
+        finally:
+            db.close()
