@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from bus.consumer import ConsumerConfig, EventConsumer, slot_released
 from bus.deadletter import dead_letter_of
+from bus.dedup import Deduplicator
 from bus.metrics import DELIVERY_LATENCY, REGISTRY
 from bus.producer import EventProducer
 from bus.settings import KafkaSettings
@@ -204,4 +205,5 @@ class DeliveryWorker:
             max_batch=max(50, 8 * concurrency),
             concurrency=max(1, concurrency),
         )
-        return EventConsumer(bootstrap, kafka, cfg, handler, self.producer)
+        window = Deduplicator(kafka.dedup_window)
+        return EventConsumer(bootstrap, kafka, cfg, handler, self.producer, dedup=window)

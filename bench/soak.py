@@ -10,6 +10,11 @@ in 25 is invalid (AR / 422). Every 5 s: the stack process's RSS and the consumer
 every group (bus/status.py). At the end the load stops, the bus drains, and the
 invariant (tests/reliability/invariant.py) is checked. Prints one JSON document; exits
 1 when the invariant does not hold.
+
+`--bounded` lowers every memory bound of the stack (dedup windows, the dashboard's case
+cap, the SLA retention and its sweep) so that each fills within the first minutes: after
+that, a flat RSS shows there is no unbounded growth, which the defaults (sized for a
+territory's month) would take hours of load to reach.
 """
 
 from __future__ import annotations
@@ -29,8 +34,21 @@ from bus.settings import KafkaSettings, Settings
 from bus.status import status
 from tests.reliability import harness as h
 
+#: every bound low enough to be reached in minutes at 15 events/s
+BOUNDED_TOML = """
+[dashboard]
+max_cases = 300
+[sla]
+retention = "60s"
+[processors]
+sweep_interval_s = 20
+"""
+BOUNDED_ENV = {"CAREBUS_KAFKA__DEDUP_WINDOW": "5000"}
 
-async def soak(seconds: float, rate: float, fhir_share: float, workdir: Path) -> dict:
+
+async def soak(
+    seconds: float, rate: float, fhir_share: float, workdir: Path, bounded: bool = False
+) -> dict:
     bsettings = Settings(
         data_dir=workdir / "broker",
         kafka=KafkaSettings(embedded_port=free_port(), embedded_controller_port=free_port()),
@@ -38,7 +56,12 @@ async def soak(seconds: float, rate: float, fhir_share: float, workdir: Path) ->
     broker = EmbeddedKafka(bsettings)
     bootstrap = await broker.start()
     kafka = KafkaSettings(bootstrap=bootstrap)
-    stack = h.StackProcess(workdir, bootstrap)
+    stack = h.StackProcess(
+        workdir,
+        bootstrap,
+        extra_toml=BOUNDED_TOML if bounded else "",
+        extra_env=dict(BOUNDED_ENV) if bounded else {},
+    )
     try:
         await apply_topics(bootstrap, kafka)
         await h.publish_directory(bootstrap, kafka)
@@ -92,6 +115,7 @@ async def soak(seconds: float, rate: float, fhir_share: float, workdir: Path) ->
         return {
             "seconds": round(elapsed, 1),
             "offered_rate": rate,
+            "bounded": bounded,
             "fhir_share": fhir_share,
             "inputs": len({s.marker for s in load.sent}),
             "achieved_rate": round(len({s.marker for s in load.sent}) / elapsed, 1),
@@ -116,12 +140,13 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=300)
     p.add_argument("--rate", type=float, default=300, help="events/s offered, in total")
     p.add_argument("--fhir-share", type=float, default=0.2, help="share of FHIR events")
+    p.add_argument("--bounded", action="store_true", help="low memory bounds (see above)")
     p.add_argument("--keep", action="store_true", help="keep the working directory")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="carebus-soak-"))
     try:
-        result = asyncio.run(soak(args.seconds, args.rate, args.fhir_share, workdir))
+        result = asyncio.run(soak(args.seconds, args.rate, args.fhir_share, workdir, args.bounded))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

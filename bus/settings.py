@@ -48,6 +48,9 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     request_timeout_ms: int = 15_000
+    #: event ids each consumer (and the ingress) remembers, to turn a replayed tail into
+    #: no-ops; ~200 bytes each, so this bounds that memory (default ≈ 40 MB per consumer)
+    dedup_window: int = Field(default=200_000, gt=0)
     # the embedded broker
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 19092  # 0: pick a free port

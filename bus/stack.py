@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from bus.consumer import EventConsumer
+from bus.dedup import Deduplicator
 from bus.logs import install_guard
 from bus.producer import EventProducer
 from bus.runtime import broker
@@ -155,6 +156,7 @@ async def _processors(
         subscriptions=service,
         consents=consents,
         sweep_interval_s=settings.processors.sweep_interval_s,
+        dedup=Deduplicator(settings.kafka.dedup_window),
     )
     await stack.enter_async_context(
         run_processors(settings, running.bootstrap, ctx, app_id=settings.processors.app_id)
@@ -255,7 +257,7 @@ async def _ingress(
     from bus.asgi import serve
 
     h = settings.http
-    gate = Ingress(producer, rules=settings.ingress)
+    gate = Ingress(producer, rules=settings.ingress, dedup_size=settings.kafka.dedup_window)
     stop_feed = asyncio.Event()
     stack.callback(stop_feed.set)
     _task(
