@@ -61,7 +61,7 @@ class Ingress:
         # refused instead of being acknowledged as a retransmission and dropped
         self._digests: OrderedDict[str, bytes] = OrderedDict()
         self._digests_max = dedup_size
-        self.referrals = ReferralStates()
+        self.referrals = ReferralStates(max_closed=dedup_size)  # closed ones: bounded
 
     def check_reuse(self, msg: ValidatedMessage) -> Issue | None:
         """A Bundle.id (event id) already accepted here with different content.

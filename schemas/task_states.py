@@ -7,6 +7,7 @@ refuses an illegal move with a reason the sender can act on (HTTP 409).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -90,22 +91,36 @@ class ReferralStates:
 
     Pure: the HTTP ingress keeps one fed from the referral topic so that a 409 can be
     answered before the write; processors keep the authoritative one in a table.
+    Memory is bounded: open referrals are all kept (they are the work in progress), closed
+    ones (rejected, completed, cancelled) only the latest `max_closed`. A move on a
+    forgotten closed referral is refused as on an unknown one; only a new `requested`
+    under the same id would be taken, as a new referral.
     """
 
-    def __init__(self) -> None:
-        self._status: dict[str, TaskStatus] = {}
+    def __init__(self, max_closed: int = 100_000) -> None:
+        self._status: dict[str, TaskStatus] = {}  # open referrals
+        self._closed: OrderedDict[str, TaskStatus] = OrderedDict()
+        self._max_closed = max_closed
 
     def get(self, case_id: str) -> TaskStatus | None:
-        return self._status.get(case_id)
+        return self._status.get(case_id) or self._closed.get(case_id)
 
     def check(self, case_id: str, event: EventType) -> TransitionRefused | None:
-        return check_transition(self._status.get(case_id), EVENT_TARGET_STATUS[event])
+        return check_transition(self.get(case_id), EVENT_TARGET_STATUS[event])
 
     def apply(self, case_id: str, event: EventType) -> TransitionRefused | None:
         refused = self.check(case_id, event)
         if refused is None:
-            self._status[case_id] = EVENT_TARGET_STATUS[event]
+            status = EVENT_TARGET_STATUS[event]
+            if status in TERMINAL:
+                self._status.pop(case_id, None)
+                self._closed[case_id] = status
+                while len(self._closed) > self._max_closed:
+                    self._closed.popitem(last=False)
+            else:
+                self._closed.pop(case_id, None)
+                self._status[case_id] = status
         return refused
 
     def __len__(self) -> int:
-        return len(self._status)
+        return len(self._status) + len(self._closed)

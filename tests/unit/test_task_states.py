@@ -78,3 +78,22 @@ def test_any_sequence_stays_within_the_graph(events: list[EventType]) -> None:
         else:
             assert cur == prev
         prev = cur
+
+
+def test_closed_referrals_are_bounded_open_ones_kept() -> None:
+    from schemas.task_states import ReferralStates
+
+    states = ReferralStates(max_closed=2)
+    E = EventType
+    states.apply("open", E.REFERRAL_REQUESTED)
+    for n in range(3):
+        states.apply(f"done-{n}", E.REFERRAL_REQUESTED)
+        states.apply(f"done-{n}", E.REFERRAL_ACCEPTED)
+        states.apply(f"done-{n}", E.REFERRAL_COMPLETED)
+    assert len(states) == 3  # the open one and the two latest closed ones
+    assert states.get("open") == TaskStatus.REQUESTED
+    assert states.get("done-0") is None and states.get("done-2") == TaskStatus.COMPLETED
+    refused = states.check("done-2", E.REFERRAL_ACCEPTED)
+    assert refused is not None and "final state" in refused.reason
+    forgotten = states.check("done-0", E.REFERRAL_ACCEPTED)
+    assert forgotten is not None and "unknown referral" in forgotten.reason
