@@ -160,6 +160,18 @@ def store_message(
     return Stored(final, created=True)
 
 
+def sweep_partial(data_dir: Path) -> int:
+    """Remove the temporary files a killed writer left (written, never renamed, never
+    answered 250: the sender resends them); returns how many. Call before serving: the
+    mailbox must be the only writer of its data directory."""
+    root = mailbox_root(data_dir)
+    swept = 0
+    for tmp in root.glob("*/.tmp-*") if root.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+        swept += 1
+    return swept
+
+
 def message_files(data_dir: Path, address: str) -> list[Path]:
     """The .eml files of a mailbox, oldest first (names start with the arrival time)."""
     box = mailbox_path(data_dir, address)
@@ -325,6 +337,8 @@ class LocalMailbox:
         if self._server is not None:
             return
         ctx = await asyncio.to_thread(self.tls_context)
+        if swept := await asyncio.to_thread(sweep_partial, self.data_dir):
+            log.warning("local mailbox: %d partial file(s) of an interrupted write removed", swept)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: self._protocol(ctx),
