@@ -44,6 +44,7 @@ from schemas.topics import DELIVERY_MSSANTE, SLA_EVENTS, SLA_TICKS
 from tests.integration import test_processors_resilience as res
 from tests.integration.test_processors_resilience import (
     Watch,
+    Worker,
     changelog,
     committed_past,
     expected_notices,
@@ -101,6 +102,31 @@ def kinds(watch: Watch) -> Counter:
     return Counter(env.type for _, env in watch.envelopes(SLA_EVENTS.name))
 
 
+async def stepped_worker_with_cases(
+    spawn,
+    clock: SteppedClock,
+    policy: dict[str, int],
+    producer: EventProducer,
+    watch: Watch,
+    admin: AIOKafkaAdminClient,
+    group: str,
+) -> tuple[Worker, dict]:
+    """A worker on the stepped clock, holding CASES urgent referrals in its SLA table, their
+    events committed (nothing left to replay); returns it and when each notice is due."""
+    worker = await spawn(toml(**policy)).start("stepped", clock.env())
+    await worker.ready()
+    refs = [urgent_referral() for _ in range(CASES)]
+    published = await publish(producer, watch, refs)
+    await watch.until(
+        "the cases in the SLA table",
+        lambda: len({r.key for r in watch.records[changelog(group)]}) >= CASES,
+        30,
+        worker.tail,
+    )
+    await committed_past(admin, published, group)
+    return worker, expected_notices(refs, **policy)
+
+
 async def test_ntp_steps_around_deadlines_fire_each_notice_once_never_early(
     spawn,
     producer: EventProducer,
@@ -110,20 +136,9 @@ async def test_ntp_steps_around_deadlines_fire_each_notice_once_never_early(
     tmp_path: Path,
 ) -> None:
     clock = SteppedClock(tmp_path)
-    workers = spawn(toml(**POLICY))
-    worker = await workers.start("stepped", clock.env())
-    await worker.ready()
-
-    refs = [urgent_referral() for _ in range(CASES)]
-    published = await publish(producer, watch, refs)
-    due = expected_notices(refs, **POLICY)
-    await watch.until(
-        "the cases in the SLA table",
-        lambda: len({r.key for r in watch.records[changelog(group)]}) >= CASES,
-        30,
-        worker.tail,
+    worker, due = await stepped_worker_with_cases(
+        spawn, clock, POLICY, producer, watch, admin, group
     )
-    await committed_past(admin, published, group)
     assert notice_count(watch) == 0, "a notice before any deadline"
 
     # 1. NTP steps the clock 400 s forward: past the reminders (T+300), short of the
@@ -201,19 +216,9 @@ async def test_ticks_the_broker_refuses_are_rearmed_and_fire_once_it_takes_them(
     policy = {"due_s": 10, "escalate_s": 3000, "followup_s": 3600}
     clock = SteppedClock(tmp_path)
     async with ticks_refusing_future_records(admin, catalog_applied, settings.kafka, 60_000):
-        workers = spawn(toml(**policy))
-        worker = await workers.start("refused", clock.env())
-        await worker.ready()
-        refs = [urgent_referral() for _ in range(CASES)]
-        published = await publish(producer, watch, refs)
-        due = expected_notices(refs, **policy)
-        await watch.until(
-            "the cases in the SLA table",
-            lambda: len({r.key for r in watch.records[changelog(group)]}) >= CASES,
-            30,
-            worker.tail,
+        worker, due = await stepped_worker_with_cases(
+            spawn, clock, policy, producer, watch, admin, group
         )
-        await committed_past(admin, published, group)
         clock.set(600)  # the reminders are due on the worker's clock; its ticks are refused
         await watch.until(
             "the broker's refusal in the worker's log",
