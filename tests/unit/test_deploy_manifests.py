@@ -164,7 +164,7 @@ def test_references_resolve() -> None:
     ports = {p["name"]: p["port"] for p in services["carebus-ingress"]["spec"]["ports"]}
     assert ports == {"http": 8080, "mllp": 2575}
     (ingress,) = pods["ingress"]["spec"]["containers"]
-    assert {p["name"] for p in ingress["ports"]} == {"http", "mllp"}
+    assert {p["name"] for p in ingress["ports"]} == {"http", "mllp", "metrics"}
     for pdb in by_kind("PodDisruptionBudget").values():
         assert len(selected(pdb["spec"]["selector"]["matchLabels"])) == 1
     assert {
@@ -173,7 +173,32 @@ def test_references_resolve() -> None:
     } == set(ROLES)
     for policy in by_kind("NetworkPolicy").values():
         sel = policy["spec"]["podSelector"].get("matchLabels")
-        assert sel is None or len(selected(sel)) == 1
+        assert sel is None or len(selected(sel)) in (1, len(ROLES))
+
+
+def test_prometheus_can_reach_every_pods_metrics_port() -> None:
+    """The ConfigMap binds /metrics on 0.0.0.0:9464; default-deny would hide it."""
+    (config,) = by_kind("ConfigMap").values()
+    port = int(config["data"]["CAREBUS_OBSERVABILITY__METRICS_PORT"])
+    for deployment in by_kind("Deployment").values():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+    open_to = [
+        p["spec"]
+        for p in by_kind("NetworkPolicy").values()
+        if any(
+            port in [q["port"] for q in rule.get("ports", [])]
+            for rule in p["spec"].get("ingress", [])
+        )
+    ]
+    assert len(open_to) == 1
+    wanted = open_to[0]["podSelector"]["matchLabels"].items()
+    for deployment in by_kind("Deployment").values():
+        assert wanted <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (rule,) = open_to[0]["ingress"]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
 
 
 def test_no_real_secret_is_committed() -> None:
