@@ -56,8 +56,7 @@ class Ticker:
             for d in due:
                 self.in_flight[(d.case_id, d.token)] = d.fire_us
                 fut = await self.ticks.send(key=d.case_id.encode(), value=str(d.token).encode())
-                if isinstance(fut, asyncio.Future):
-                    fut.add_done_callback(lambda f, d=d: self._answered(d, f))
+                fut.add_done_callback(lambda f, d=d: self._answered(d, f))
                 sent += 1
         finally:
             # popped but not handed to the producer (the timer cancelled by a rebalance,

@@ -56,6 +56,15 @@ def discharge(event_id: str = "e-dmp-1") -> dict:
     return sample_bundle("discharge.completed", event_id=event_id)
 
 
+def letter(event_id: str) -> dict:
+    """A discharge whose letter is its own document (the samples share one letter id)."""
+    bundle = discharge(event_id)
+    for e in bundle["entry"]:
+        if e["resource"]["resourceType"] == "DocumentReference":
+            e["resource"]["masterIdentifier"]["value"] = f"urn:uuid:{uuid.uuid4()}"
+    return bundle
+
+
 @dataclass
 class Record:
     base_url: str
@@ -96,10 +105,7 @@ class RecordPortContract:
         """A patient with more documents than a page: the `next` links reach each once (the
         soak's invariant found 500 of 721 letters when the search had no paging)."""
         for n in range(5):
-            bundle = discharge(f"e-dmp-page-{n}")
-            for e in bundle["entry"]:  # five letters, not one letter five times
-                if e["resource"]["resourceType"] == "DocumentReference":
-                    e["resource"]["masterIdentifier"]["value"] = f"urn:uuid:{uuid.uuid4()}"
+            bundle = letter(f"e-dmp-page-{n}")  # five letters, not one letter five times
             await record.adapter.deliver(work_item(bundle, f"e-dmp-page-{n}"), bundle)
         page = await record.search(_count="2")
         seen: list[str] = []

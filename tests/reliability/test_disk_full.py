@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from adapters.mssante.mailbox import LocalMailbox
 from adapters.mssante.tls import ensure_local_pki
 from bus.asgi import serve
 from bus.settings import DmpSettings
-from tests.integration.test_dmp_store import discharge
+from tests.integration.test_dmp_store import letter
 from tests.integration.test_dmp_store import work_item as record_item
 from tests.integration.test_mssante import CARDIO, adapter_for, work_item
 from tests.reliability import invariant as inv
@@ -120,15 +119,6 @@ async def test_full_mailbox_disk_is_transient_and_recovers(tmp_path: Path) -> No
                 assert partial == []
             finally:
                 await adapter.aclose()
-
-
-def letter(event_id: str) -> dict:
-    """A discharge whose letter is its own document (the samples share one letter id)."""
-    bundle = discharge(event_id)
-    for e in bundle["entry"]:
-        if e["resource"]["resourceType"] == "DocumentReference":
-            e["resource"]["masterIdentifier"]["value"] = f"urn:uuid:{uuid.uuid4()}"
-    return bundle
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
